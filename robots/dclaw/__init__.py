@@ -1,0 +1,1 @@
+"""ROBEL D'Claw: three fingers x three Dynamixel joints, and its tasks."""
