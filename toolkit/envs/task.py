@@ -111,6 +111,11 @@ class Task(ABC):
         xp = array_namespace(joint_pos)
         return xp.zeros(joint_pos.shape[0], dtype=xp.bool, device=joint_pos.device)
 
+    def episode_metrics(self, task_state) -> dict[str, Array]:
+        """Task-specific per-env metrics reported when an episode ends (e.g. consecutive
+        successes), each (n,); the VecEnv puts them in ``info["episode_metrics"]``."""
+        return {}
+
     def update_goals(self, readings, task_state, success, rand: Rand) -> Array | None:
         """Called after each step: tasks whose goal resamples on success (Shadow Hand) update
         task_state in place and return a bool (n,) mask of envs whose goal changed."""

@@ -21,7 +21,7 @@ episode that ended (equal to ``obs`` for envs that did not end). With an asymmet
 
 Other ``info`` entries: ``success`` (N,) bool per step; ``done`` (N,) bool; for envs with
 ``done``: ``episode_return``, ``episode_length``, ``episode_success`` (N,) (success at the
-episode's last step); ``success_rate`` (float, last 100 finished episodes); ``nan_reset``
+episode's last step), ``episode_metrics`` (dict of task metrics, (N,)); ``success_rate`` (float, last 100 finished episodes); ``nan_reset``
 (N,) bool and ``nan_resets`` (int, total) for envs whose physics went non-finite;
 ``reward_terms`` (dict of (N,) scaled terms).
 """
@@ -169,6 +169,7 @@ class VecEnv:
             info["episode_return"] = self.episode_return.clone()
             info["episode_length"] = self.episode_step.clone()
             info["episode_success"] = success.clone()
+            info["episode_metrics"] = {k: v.clone() for k, v in task.episode_metrics(self.task_state).items()}
             self._record_successes(success[ids])
             self._reset_envs(ids)
             readings = task.read(sim)
