@@ -4,7 +4,7 @@ A checkpoint is one ``torch.save`` dict (``FORMAT``) in ``<run_dir>/checkpoints/
 
     format, toolkit_version, run_name, task, task_overrides, config (nested dict),
     obs_layout, critic_obs_layout (JSON of ObsLayout), counters (env_steps, v_updates, ...),
-    actor: {hidden, state_dict}, critic: {hidden, num_atoms, v_min, v_max, state_dict},
+    actor: {hidden, action_dim, state_dict}, critic: {hidden, num_atoms, v_min, v_max, state_dict},
     critic_target, actor_optimizer, critic_optimizer (state dicts),
     obs_normalizer, critic_obs_normalizer (RunningNorm state dicts)
 """
@@ -98,6 +98,7 @@ class LoadedPolicy:
 
     actor: Actor
     obs_normalizer: RunningNorm
+    normalize_obs: bool
     obs_layout: ObsLayout
     task: str
     task_overrides: dict
@@ -115,11 +116,16 @@ def load_policy(path: Path) -> LoadedPolicy:
         actor = Actor(layout.size, int(actor_state["action_dim"]),
                       tuple(actor_state["hidden"]))
         actor.load_state_dict(actor_state["state_dict"])
-        normalizer = RunningNorm(layout.size)
+        pql = state.get("config", {}).get("pql", {})
+        # The actor saw observations normalized (and clipped) exactly as the trainer's config said.
+        normalizer = RunningNorm(layout.size, clip=float(pql.get("obs_clip", 5.0)))
         normalizer.load_state_dict(state["obs_normalizer"])
-    except (KeyError, RuntimeError, ValueError) as error:
+        task, env_steps = str(state["task"]), int(state["counters"]["env_steps"])
+    except KeyError as error:
+        raise CheckpointError(f"checkpoint '{state['path']}' is incomplete or malformed: no key {error}") from error
+    except (RuntimeError, ValueError, TypeError) as error:
         raise CheckpointError(f"checkpoint '{state['path']}' does not match this toolkit's policy: {error}") from error
     actor.eval()
-    return LoadedPolicy(actor=actor, obs_normalizer=normalizer, obs_layout=layout, task=state["task"],
-                        task_overrides=dict(state.get("task_overrides", {})), run_name=state.get("run_name", ""),
-                        env_steps=int(state["counters"]["env_steps"]), checkpoint_path=state["path"])
+    return LoadedPolicy(actor=actor, obs_normalizer=normalizer, normalize_obs=bool(pql.get("normalize_obs", True)),
+                        obs_layout=layout, task=task, task_overrides=dict(state.get("task_overrides", {})),
+                        run_name=state.get("run_name", ""), env_steps=env_steps, checkpoint_path=state["path"])

@@ -42,7 +42,6 @@ class RobotSpec:
             value = np.asarray(getattr(self, key), dtype=np.float64)
             if value.shape != (n,):
                 raise ValueError(f"RobotSpec {self.name}: {key} has shape {value.shape}, expected ({n},)")
-            value.setflags(write=False)
             object.__setattr__(self, key, value)
         if np.any(self.joint_low >= self.joint_high):
             raise ValueError(f"RobotSpec {self.name}: joint_low must be below joint_high")

@@ -1,5 +1,6 @@
 """Batched environments.
 
 ``vec_env`` (VecEnv, torch), ``task`` (the Task protocol, torch-free), ``dr_table`` and
-``randomization`` (domain randomization), ``gym_adapter`` (gymnasium single env).
+``randomization`` (domain randomization), ``rng`` (one random stream per env),
+``gym_adapter`` (gymnasium single env; registered ids in ``robots.gym``).
 """

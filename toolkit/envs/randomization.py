@@ -19,8 +19,13 @@ from toolkit.envs.dr_table import DRTable
 class DomainRandomizer:
     """Samples and applies a :class:`DRTable` to a batched simulator.
 
-    ``values`` maps each randomized quantity to a (num_envs, ...) tensor of the values in
-    force (scales relative to the nominal model, gravity in m/s^2, latency in steps).
+    ``values`` maps each randomized quantity to a (num_envs, k) float64 tensor of the values
+    in force (scales relative to the nominal model, gravity in m/s^2, latency in steps):
+    joint_damping (N, robot dofs), actuator_gain (N, J), friction (N, 1), mass (N, bodies
+    with mass), object_scale (N, 1), gravity (N, 3), action_latency (N, 1).
+
+    ``rand`` arguments follow the task protocol: ``rand((k, ...))`` gives one row per env of
+    the call (the envs ``ids`` in :meth:`sample`, all envs in :meth:`push`).
     """
 
     def __init__(self, table: DRTable, sim, model: mujoco.MjModel, robot_dofs: torch.Tensor,

@@ -11,7 +11,10 @@ Vocabulary:
     readings: what the robot's sensors give, a dict of (n, k) arrays. ``joint_pos`` (n, J) is
         always present; tasks add object readings (valve angle, cube pose, ...).
     task_state: per-env goal/bookkeeping arrays owned by the caller, written at reset.
-    rand: a callable ``rand(shape) -> U[0, 1)`` array in the caller's namespace and device.
+    rand: a callable ``rand(shape) -> U[0, 1)`` float64 array in the caller's namespace and
+        device. ``shape[0]`` is the number of envs concerned (``len(ids)`` in
+        :meth:`Task.write_reset`, n elsewhere) and row r belongs to the r-th of them: the VecEnv
+        draws each row from that env's own random stream, so draw per-env values as (k, ...).
 """
 
 from __future__ import annotations

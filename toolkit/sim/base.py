@@ -31,6 +31,15 @@ class BatchedSim(Protocol):
         """Advance every env by ``nstep`` physics steps; kinematics (site_xpos, ...) are
         current for the new state afterwards."""
 
+    def diverged(self) -> torch.Tensor:
+        """bool (num_envs,): envs whose physics went unstable in the last :meth:`step`.
+
+        The MuJoCo C engine checks qpos/qvel/qacc for NaN, inf and huge values and silently
+        resets such a simulation to the model defaults (a warning, not an error), so its state
+        is finite again afterwards; a finite-state check alone misses those envs. Backends that
+        leave a non-finite state in place may return all False: the VecEnv also checks that
+        qpos and qvel are finite."""
+
     def reset(self, ids: torch.Tensor) -> None:
         """Reset envs ``ids`` (int64, (k,)) to the model defaults (qpos0, zero velocity)."""
 

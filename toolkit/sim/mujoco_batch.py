@@ -11,7 +11,11 @@ import warnings
 import mujoco
 import numpy as np
 import torch
-from mujoco.batch import Batch
+from mujoco.batch import Batch, SimulationError
+
+#: Warnings after which MuJoCo resets a simulation to the model defaults (mj_checkPos/Vel/Acc).
+_UNSTABLE_WARNINGS = np.array([int(mujoco.mjtWarning.mjWARN_BADQPOS), int(mujoco.mjtWarning.mjWARN_BADQVEL),
+                               int(mujoco.mjtWarning.mjWARN_BADQACC)])
 
 
 class MujocoBatchSim:
@@ -19,7 +23,7 @@ class MujocoBatchSim:
 
     def __init__(self, model: mujoco.MjModel, num_envs: int, device: str = "cpu", nthread: int = 0) -> None:
         if num_envs < 1:
-            raise ValueError(f"num_envs must be >= 1, got {num_envs}")
+            raise ValueError(f"num_envs must be >= 1, got {num_envs}: simulate at least one env")
         if torch.device(device).type != "cpu":
             raise ValueError(f"the mujoco_batch backend runs on the CPU; got device='{device}'. "
                              "Use --sim mujoco_warp for a GPU.")
@@ -36,7 +40,9 @@ class MujocoBatchSim:
         self.mocap_pos = self._bind_state("mocap_pos")
         self.mocap_quat = self._bind_state("mocap_quat")
         self.xfrc_applied = self._bind_state("xfrc_applied")
-        self._all_ids = np.arange(num_envs)
+        # (num_envs, mjNWARNING) live view of the warning counters; Batch.reset zeroes a row.
+        self._warning_count = self._batch.warning[:, :, 1]
+        self._diverged = torch.zeros(num_envs, dtype=torch.bool)
 
     @property
     def nthread(self) -> int:
@@ -51,13 +57,36 @@ class MujocoBatchSim:
     def step(self, nstep: int) -> None:
         # mjSTAGE_VEL makes kinematics current for the new state; a persistent batch carries
         # those stages into its next step, so this costs almost nothing.
-        self._batch.step(nstep=nstep, stage=mujoco.mjtStage.mjSTAGE_VEL)
+        try:
+            self._batch.step(nstep=nstep, stage=mujoco.mjtStage.mjSTAGE_VEL)
+            failed = None
+        except SimulationError as error:
+            # MuJoCo errors (e.g. contact arena overflow) in some envs: they kept their state from
+            # before the call while the others ran. Report them as diverged so the env resets them
+            # instead of one bad env stopping the whole batch.
+            failed = error.ids
+        counts = self._warning_count[:, _UNSTABLE_WARNINGS]  # (num_envs, 3), a small copy
+        diverged = counts.any(axis=1)
+        if failed is not None:
+            diverged[failed] = True
+        if diverged.any():
+            # Zero the counters so that the next step reports only new instabilities.
+            self._warning_count[np.ix_(diverged, _UNSTABLE_WARNINGS)] = 0
+        self._diverged = torch.from_numpy(diverged)
+
+    def diverged(self) -> torch.Tensor:
+        return self._diverged
 
     def reset(self, ids: torch.Tensor) -> None:
         self._batch.reset(ids=_np_ids(ids), stage=mujoco.mjtStage.mjSTAGE_NONE)
 
     def forward(self, ids: torch.Tensor) -> None:
         self._batch.forward(ids=_np_ids(ids), stage=mujoco.mjtStage.mjSTAGE_VEL)
+
+    @property
+    def batch(self) -> Batch:
+        """The underlying ``mujoco.batch.Batch`` (benchmarks, debugging)."""
+        return self._batch
 
     def data_field(self, name: str) -> torch.Tensor:
         if name not in self._data_fields:

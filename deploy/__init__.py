@@ -1,0 +1,1 @@
+"""Deployment: run an exported ONNX policy at control rate (numpy + onnxruntime; never torch or train/)."""

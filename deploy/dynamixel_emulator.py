@@ -1,0 +1,417 @@
+"""A Dynamixel Protocol 2.0 bus on a pseudo-terminal, for dry runs of the D'Claw backend.
+
+    python -m deploy.dynamixel_emulator                      # prints the pty path, e.g. /dev/pts/7
+    python -m deploy.run --policy policy.onnx --backend dclaw --port /dev/pts/7 --log dry.h5
+    python -m deploy.dynamixel_emulator --fault no-reply:21@5  # servo 21 falls silent after 5 s
+
+The emulator owns the master side of a pty (``os.openpty``); the backend opens the slave path
+through ``dynamixel_sdk.PortHandler`` exactly as it opens ``/dev/ttyUSB0``. A background thread
+reads the byte stream, parses Protocol 2.0 instruction packets (header, CRC-16, byte stuffing:
+:mod:`deploy.dynamixel_protocol`) and answers like a chain of X-series servos: PING, READ, WRITE,
+SYNC_READ, SYNC_WRITE and REBOOT (FAST_SYNC_READ and BULK_* are answered with an instruction
+error / ignored when broadcast: the backend does not use them).
+
+Each servo has a control table (:mod:`deploy.dynamixel_protocol` addresses) and a motor model:
+with torque on, the position approaches the goal as a first-order system with time constant
+``time_constant`` and speed limit ``max_speed`` (rad/s); the realtime tick counts milliseconds.
+Servos listed in ``passive_ids`` (the valve) start with torque off and stay where they are put
+(:meth:`DynamixelEmulator.set_position`).
+
+Injectable faults (methods, or ``--fault KIND:ID[@SECONDS]`` on the command line):
+``no-reply`` (the servo stops sending status packets but still obeys broadcasts),
+``bad-crc`` (its status packets carry a wrong CRC), ``hardware-error`` (register 70 = overload,
+alert bit in every status, torque off, as a real servo's shutdown), ``frozen`` (its present
+position, velocity and realtime tick stop updating), and ``unplug`` (the whole bus disappears).
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import select
+import sys
+import threading
+import time
+import tty
+from dataclasses import dataclass, field
+
+from deploy import dynamixel_protocol as dxl
+
+
+@dataclass
+class _Servo:
+    """One servo: control table bytes plus the motor state the registers are derived from."""
+
+    servo_id: int
+    table: bytearray
+    position: float  # ticks
+    velocity: float = 0.0  # ticks/s
+    silent: bool = False
+    bad_crc: bool = False
+    frozen: bool = False
+    reply_count: int = 0
+    writes: list = field(default_factory=list)
+
+    def read(self, address: int, length: int) -> bytes:
+        return bytes(self.table[address:address + length])
+
+    def set_register(self, address: int, length: int, value: int) -> None:
+        self.table[address:address + length] = (value & ((1 << (8 * length)) - 1)).to_bytes(length, "little")
+
+    def register(self, address: int, length: int, signed: bool = False) -> int:
+        value = int.from_bytes(self.table[address:address + length], "little")
+        return dxl.to_signed32(value) if signed and length == 4 else value
+
+
+class DynamixelEmulator:
+    """A chain of emulated X-series servos behind a pty (see the module docstring).
+
+    Args:
+        ids: servo IDs on the bus.
+        passive_ids: servos that start with torque off and are moved only by :meth:`set_position`.
+        positions: initial angle (rad) per ID (default 0 = centre, 2048 ticks).
+        max_speed: speed limit of the motor model (rad/s).
+        time_constant: first-order time constant of the motor model (s).
+        model_number: what PING and register 0 report (1020: XM430-W350).
+    """
+
+    def __init__(self, ids, passive_ids=(), positions: dict[int, float] | None = None, max_speed: float = 5.0,
+                 time_constant: float = 0.05, model_number: int = dxl.MODEL_XM430_W350) -> None:
+        self.max_speed_ticks = max_speed / dxl.RAD_PER_TICK
+        self.time_constant = time_constant
+        self.passive_ids = set(passive_ids)
+        self._lock = threading.RLock()  # fault actions may run inside a packet's handling
+        self._start = time.perf_counter()
+        self.servos: dict[int, _Servo] = {}
+        positions = positions or {}
+        for servo_id in [*ids, *passive_ids]:
+            ticks = float(dxl.CENTER_TICKS + positions.get(servo_id, 0.0) / dxl.RAD_PER_TICK)
+            servo = _Servo(servo_id, bytearray(dxl.CONTROL_TABLE_SIZE), ticks)
+            servo.set_register(dxl.ADDR_MODEL_NUMBER, 2, model_number)
+            servo.set_register(dxl.ADDR_FIRMWARE_VERSION, 1, 46)
+            servo.set_register(dxl.ADDR_ID, 1, servo_id)
+            servo.set_register(dxl.ADDR_BAUD_RATE, 1, 3)  # 3 = 1 Mbaud
+            servo.set_register(dxl.ADDR_OPERATING_MODE, 1, dxl.OPERATING_MODE_POSITION)
+            servo.set_register(dxl.ADDR_MAX_POSITION_LIMIT, 4, dxl.TICKS_PER_REV - 1)
+            servo.set_register(dxl.ADDR_MIN_POSITION_LIMIT, 4, 0)
+            servo.set_register(dxl.ADDR_STATUS_RETURN_LEVEL, 1, 2)
+            servo.set_register(dxl.ADDR_GOAL_POSITION, 4, round(ticks))
+            servo.set_register(dxl.ADDR_PRESENT_VOLTAGE, 2, 120)
+            servo.set_register(dxl.ADDR_PRESENT_TEMPERATURE, 1, 35)
+            self.servos[servo_id] = servo
+        self._last_update = time.perf_counter()
+        self._refresh_registers(self._last_update)
+        self.master, self._slave = os.openpty()
+        tty.setraw(self._slave)  # no echo, no newline translation: a byte pipe
+        self.path = os.ttyname(self._slave)
+        self.packets = 0
+        self.crc_errors = 0
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+        self._parser = dxl.PacketParser()
+        self._timers: list[threading.Timer] = []
+        self.goal_writes = 0  # SYNC_WRITEs of goal positions seen
+        self._due: list[tuple[int, object]] = []  # (goal_writes threshold, fault action)
+
+    # --- lifecycle ------------------------------------------------------------------
+    def start(self) -> DynamixelEmulator:
+        self._thread = threading.Thread(target=self._serve, name="dynamixel-emulator", daemon=True)
+        self._thread.start()
+        return self
+
+    def stop(self) -> None:
+        for timer in self._timers:
+            timer.cancel()
+        self._stop.set()
+        if self._thread is not None:
+            self._thread.join(timeout=2)
+        self._close_fds()
+
+    def __enter__(self) -> DynamixelEmulator:
+        return self.start()
+
+    def __exit__(self, *exc) -> None:
+        self.stop()
+
+    # --- inspection and scripting ----------------------------------------------------
+    def torque(self, servo_id: int) -> bool:
+        with self._lock:
+            return bool(self.servos[servo_id].register(dxl.ADDR_TORQUE_ENABLE, 1))
+
+    def position(self, servo_id: int) -> float:
+        """Present angle (rad) of a servo."""
+        with self._lock:
+            self._update(time.perf_counter())
+            return float(dxl.ticks_to_rad(self.servos[servo_id].position))
+
+    def goal(self, servo_id: int) -> float:
+        with self._lock:
+            return float(dxl.ticks_to_rad(self.servos[servo_id].register(dxl.ADDR_GOAL_POSITION, 4, signed=True)))
+
+    def set_position(self, servo_id: int, rad: float, velocity_ticks: float = 0.0) -> None:
+        """Put a servo at an angle (e.g. the valve turned by hand)."""
+        with self._lock:
+            self._update(time.perf_counter())
+            servo = self.servos[servo_id]
+            servo.position = dxl.CENTER_TICKS + rad / dxl.RAD_PER_TICK
+            servo.velocity = velocity_ticks
+            self._refresh_registers(time.perf_counter(), force=True)
+
+    def goal_history(self, servo_id: int) -> list[int]:
+        """Every goal position (ticks) written to a servo, in order."""
+        with self._lock:
+            return list(self.servos[servo_id].writes)
+
+    # --- faults ---------------------------------------------------------------------
+    def inject(self, kind: str, servo_id: int | None = None, after: float = 0.0, after_writes: int = 0) -> None:
+        """Inject a fault: no-reply, bad-crc, hardware-error, frozen, unplug.
+
+        Now, or ``after`` seconds, or once ``after_writes`` goal-position SYNC_WRITEs have been
+        received (a trigger tied to control steps, independent of start-up time)."""
+        actions = {"no-reply": self.silence, "bad-crc": self.corrupt_crc, "hardware-error": self.hardware_error,
+                   "frozen": self.freeze, "unplug": self.unplug}
+        if kind not in actions:
+            raise ValueError(f"unknown fault '{kind}'; choose from {sorted(actions)}")
+        if kind != "unplug" and servo_id not in self.servos:
+            raise ValueError(f"fault '{kind}' needs a servo ID on the bus {sorted(self.servos)}, got {servo_id}")
+        action = actions[kind] if kind == "unplug" else (lambda: actions[kind](servo_id))
+        if after_writes > 0:
+            self.at_goal_write(after_writes, action)
+        elif after <= 0:
+            action()
+        else:
+            timer = threading.Timer(after, action)
+            timer.daemon = True
+            self._timers.append(timer)
+            timer.start()
+
+    def at_goal_write(self, count: int, action) -> None:
+        """Call ``action()`` (on the emulator thread) when the ``count``-th goal SYNC_WRITE arrives."""
+        with self._lock:
+            self._due.append((count, action))
+
+    def silence(self, servo_id: int) -> None:
+        """The servo stops answering (it still executes instructions, broadcasts included)."""
+        with self._lock:
+            self.servos[servo_id].silent = True
+
+    def corrupt_crc(self, servo_id: int) -> None:
+        """The servo's status packets carry a wrong CRC."""
+        with self._lock:
+            self.servos[servo_id].bad_crc = True
+
+    def hardware_error(self, servo_id: int, bits: int = 1 << 5) -> None:
+        """Hardware error status (default: overload); like a real servo, torque switches off."""
+        with self._lock:
+            servo = self.servos[servo_id]
+            servo.set_register(dxl.ADDR_HARDWARE_ERROR, 1, bits)
+            servo.set_register(dxl.ADDR_TORQUE_ENABLE, 1, 0)
+
+    def freeze(self, servo_id: int) -> None:
+        """The servo's reported state (position, velocity, realtime tick) stops updating."""
+        with self._lock:
+            self.servos[servo_id].frozen = True
+
+    def unplug(self) -> None:
+        """The adapter disappears: the pty closes and the port reports I/O errors."""
+        self._stop.set()
+        self._close_fds()
+
+    # --- the bus --------------------------------------------------------------------
+    def _close_fds(self) -> None:
+        with self._lock:
+            for name in ("master", "_slave"):
+                fd = getattr(self, name)
+                if fd is not None and fd >= 0:
+                    try:
+                        os.close(fd)
+                    except OSError:
+                        pass
+                    setattr(self, name, -1)
+
+    def _serve(self) -> None:
+        while not self._stop.is_set():
+            master = self.master
+            if master < 0:
+                return
+            try:
+                ready, _, _ = select.select([master], [], [], 0.05)
+                if not ready:
+                    continue
+                data = os.read(master, 4096)
+            except (OSError, ValueError):  # closed by unplug()/stop()
+                return
+            for servo_id, instruction, params, crc_ok in self._parser.feed(data):
+                replies = self._handle(servo_id, instruction, params, crc_ok)
+                if replies and self.master >= 0:
+                    try:
+                        os.write(self.master, b"".join(replies))
+                    except OSError:
+                        return
+
+    def _handle(self, servo_id: int, instruction: int, params: bytes, crc_ok: bool) -> list[bytes]:
+        with self._lock:
+            now = time.perf_counter()
+            self._update(now)
+            self.packets += 1
+            if not crc_ok:
+                self.crc_errors += 1
+                return self._reply(servo_id, dxl.ERR_CRC) if servo_id in self.servos else []
+            if instruction == dxl.INST_SYNC_WRITE:
+                self._sync_write(params)
+                if params[:2] == bytes([dxl.ADDR_GOAL_POSITION, 0]):
+                    self.goal_writes += 1
+                    for due in [d for d in self._due if d[0] <= self.goal_writes]:
+                        self._due.remove(due)
+                        due[1]()
+                return []
+            if instruction == dxl.INST_SYNC_READ:
+                return self._sync_read(params)
+            if servo_id == dxl.BROADCAST_ID or servo_id not in self.servos:
+                return []  # other broadcasts (FAST_SYNC_READ, BULK_*) are not supported
+            servo = self.servos[servo_id]
+            if instruction == dxl.INST_PING:
+                return self._reply(servo_id, 0, servo.read(dxl.ADDR_MODEL_NUMBER, 2) +
+                                   servo.read(dxl.ADDR_FIRMWARE_VERSION, 1))
+            if instruction == dxl.INST_READ:
+                if len(params) != 4:
+                    return self._reply(servo_id, dxl.ERR_DATA_LENGTH)
+                address, length = params[0] | params[1] << 8, params[2] | params[3] << 8
+                if address + length > dxl.CONTROL_TABLE_SIZE:
+                    return self._reply(servo_id, dxl.ERR_ACCESS)
+                return self._reply(servo_id, 0, servo.read(address, length))
+            if instruction == dxl.INST_WRITE:
+                if len(params) < 3:
+                    return self._reply(servo_id, dxl.ERR_DATA_LENGTH)
+                error = self._write(servo, params[0] | params[1] << 8, params[2:])
+                return self._reply(servo_id, error)
+            if instruction == dxl.INST_REBOOT:
+                servo.set_register(dxl.ADDR_HARDWARE_ERROR, 1, 0)
+                servo.set_register(dxl.ADDR_TORQUE_ENABLE, 1, 0)
+                return self._reply(servo_id, 0)
+            return self._reply(servo_id, dxl.ERR_INSTRUCTION)
+
+    def _sync_read(self, params: bytes) -> list[bytes]:
+        address, length = params[0] | params[1] << 8, params[2] | params[3] << 8
+        replies = []
+        for servo_id in params[4:]:  # servos answer in the order listed
+            servo = self.servos.get(servo_id)
+            if servo is not None:
+                replies += self._reply(servo_id, 0, servo.read(address, length))
+        return replies
+
+    def _sync_write(self, params: bytes) -> None:
+        address, length = params[0] | params[1] << 8, params[2] | params[3] << 8
+        body = params[4:]
+        for start in range(0, len(body) - length, length + 1):
+            servo = self.servos.get(body[start])
+            if servo is not None:
+                self._write(servo, address, body[start + 1:start + 1 + length])
+
+    def _write(self, servo: _Servo, address: int, data: bytes) -> int:
+        if address + len(data) > dxl.CONTROL_TABLE_SIZE:
+            return dxl.ERR_ACCESS
+        torque = servo.register(dxl.ADDR_TORQUE_ENABLE, 1)
+        if address < dxl.EEPROM_END and torque:
+            return dxl.ERR_ACCESS  # EEPROM is locked while the torque is on
+        if address <= dxl.ADDR_TORQUE_ENABLE < address + len(data) and data[dxl.ADDR_TORQUE_ENABLE - address] \
+                and servo.register(dxl.ADDR_HARDWARE_ERROR, 1):
+            return dxl.ERR_RESULT_FAIL  # a servo in shutdown needs a reboot before torque can come back
+        if address == dxl.ADDR_GOAL_POSITION and len(data) == 4:
+            goal = dxl.to_signed32(int.from_bytes(data, "little"))
+            low = servo.register(dxl.ADDR_MIN_POSITION_LIMIT, 4)
+            high = servo.register(dxl.ADDR_MAX_POSITION_LIMIT, 4)
+            if not low <= goal <= high:
+                return dxl.ERR_DATA_LIMIT
+            servo.writes.append(goal)
+        servo.table[address:address + len(data)] = data
+        return 0
+
+    def _reply(self, servo_id: int, error: int, params: bytes = b"") -> list[bytes]:
+        servo = self.servos[servo_id]
+        if servo.silent:
+            return []
+        if servo.register(dxl.ADDR_HARDWARE_ERROR, 1):
+            error |= dxl.ERROR_ALERT
+        packet = dxl.build_status(servo_id, error, params)
+        if servo.bad_crc:
+            packet = packet[:-2] + bytes([packet[-2] ^ 0x5A, packet[-1]])
+        servo.reply_count += 1
+        return [packet]
+
+    # --- motor model ----------------------------------------------------------------
+    def _update(self, now: float) -> None:
+        """Advance every motor to ``now`` (1 ms sub-steps) and refresh the present-value registers."""
+        elapsed = now - self._last_update
+        if elapsed <= 0:
+            return
+        self._last_update = now
+        steps = max(1, math.ceil(elapsed / 1e-3))
+        dt = elapsed / steps
+        for servo in self.servos.values():
+            if not servo.register(dxl.ADDR_TORQUE_ENABLE, 1):
+                servo.velocity = 0.0
+                continue
+            goal = servo.register(dxl.ADDR_GOAL_POSITION, 4, signed=True)
+            for _ in range(steps):
+                velocity = (goal - servo.position) / self.time_constant
+                velocity = max(-self.max_speed_ticks, min(self.max_speed_ticks, velocity))
+                servo.position += velocity * dt
+            servo.velocity = velocity
+        self._refresh_registers(now)
+
+    def _refresh_registers(self, now: float, force: bool = False) -> None:
+        tick = int((now - self._start) * 1000) % 32768
+        for servo in self.servos.values():
+            if servo.frozen and not force:
+                continue
+            servo.set_register(dxl.ADDR_REALTIME_TICK, 2, tick)
+            servo.set_register(dxl.ADDR_PRESENT_POSITION, 4, round(servo.position))
+            units = round(servo.velocity * dxl.RAD_PER_TICK / dxl.RAD_S_PER_VELOCITY_UNIT)
+            servo.set_register(dxl.ADDR_PRESENT_VELOCITY, 4, units)
+            servo.set_register(dxl.ADDR_MOVING, 1, int(abs(units) > 1))
+
+
+# --- command line -------------------------------------------------------------------
+def _parse_fault(text: str) -> tuple[str, int | None, float]:
+    kind, _, rest = text.partition(":")
+    target, _, after = rest.partition("@")
+    return kind, int(target) if target else None, float(after) if after else 0.0
+
+
+def main(argv: list[str] | None = None) -> int:
+    import argparse
+
+    from robots.dclaw.spec import DEFAULT_POSE, SERVO_IDS, VALVE_SERVO_ID
+
+    parser = argparse.ArgumentParser(prog="python -m deploy.dynamixel_emulator", description=__doc__.split("\n\n")[0],
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--ids", type=int, nargs="+", default=list(SERVO_IDS), help="servo IDs (default: D'Claw)")
+    parser.add_argument("--valve-id", type=int, default=VALVE_SERVO_ID, help="passive servo (torque off); -1: none")
+    parser.add_argument("--max-speed", type=float, default=5.0, help="motor speed limit, rad/s")
+    parser.add_argument("--fault", action="append", default=[], metavar="KIND:ID[@SECONDS]",
+                        help="inject a fault: no-reply, bad-crc, hardware-error, frozen (with an ID), unplug")
+    args = parser.parse_args(argv)
+    start = dict(zip(SERVO_IDS, DEFAULT_POSE.tolist(), strict=True)) if list(args.ids) == list(SERVO_IDS) else {}
+    passive = () if args.valve_id < 0 else (args.valve_id,)
+    emulator = DynamixelEmulator(args.ids, passive, positions=start, max_speed=args.max_speed)
+    for text in args.fault:
+        try:
+            emulator.inject(*_parse_fault(text))
+        except ValueError as error:
+            parser.error(f"--fault {text}: {error}")
+    emulator.start()
+    print(emulator.path, flush=True)
+    print(f"emulating servos {sorted(emulator.servos)} on {emulator.path}; Ctrl-C to stop", file=sys.stderr)
+    try:
+        while emulator._thread.is_alive():
+            emulator._thread.join(0.5)
+    except KeyboardInterrupt:
+        pass
+    finally:
+        emulator.stop()
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

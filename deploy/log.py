@@ -1,0 +1,334 @@
+"""Crash-safe HDF5 session log: one file per run, one group per episode.
+
+Layout (``T`` = steps written, ``O``/``A``/``J`` = obs/action/joint sizes)::
+
+    /                         attrs: format, format_version, created, backend info, policy
+                              metadata, control_dt, rate_hz, episodes, seed, command, ...
+    /episodes/<n>/
+        obs            (T, O) float32   observation given to the policy at step k
+        actions        (T, A) float32   the policy's output for it, in [-1, 1]
+        joint_targets  (T, J) float64   command sent at step k (after mapping and safety clamp)
+        joint_pos      (T, J) float64   hard link to readings/joint_pos
+        readings/<r>   (T, k) float64   every sensor reading at step k (joint_pos, valve_angle, ...)
+        task_state/<s> (T, k) float64   task state in force at step k (goal_angle, ...)
+        time           (T,)   float64   seconds since the episode's first deadline
+        timing/<t>     (T,)             period, lateness, read/policy/write latency, compute, overrun
+        sim/qpos, sim/qvel, sim/time, sim/state   (sim backend) physics state the obs came from
+        reward, success (T,)            outcome of step k's action; appended one step later
+        reset/<v>                       fixed per-episode values: joint_targets at reset, DR draws
+        outcome/status, message, steps, success, return   written when the episode ends
+                                        (status -1: never finished, e.g. the process was killed)
+
+Crash safety: every object is created before the first step, then the file switches to SWMR
+mode (``libver='latest'``, ``swmr_mode=True``); afterwards the writer only appends rows to
+chunked, resizable datasets and fills pre-created fixed ones, flushing the touched datasets
+after each step. Nothing is ever rewritten, so a ``kill -9`` loses at most the step being
+written, and a reader (``h5py.File(path, 'r', swmr=True)``, see :class:`LogReader`) can follow
+the file while it grows. Writes happen on a background thread fed by a queue: the control loop
+only enqueues numpy arrays.
+"""
+
+from __future__ import annotations
+
+import json
+import queue
+import threading
+from dataclasses import dataclass
+from datetime import datetime, timezone
+from pathlib import Path
+
+import h5py
+import numpy as np
+
+from deploy.backends.base import Field
+from deploy.errors import LogError
+
+FORMAT = "sim2real-deploy-log"
+FORMAT_VERSION = 1
+_CHUNK_ROWS = 64
+_MESSAGE_BYTES = 512
+#: Datasets appended one step late (the outcome of step k's action needs step k+1's reading).
+LAGGED = {"reward": Field(()), "success": Field((), "int8")}
+_OUTCOME = {"status": ("int16", -1), "steps": ("int64", -1), "success": ("int8", -1),
+            "return": ("float64", np.nan), "message": (f"S{_MESSAGE_BYTES}", b"")}
+
+
+def _attr_value(value):
+    """HDF5-storable attribute value: numbers, strings and arrays as they are, the rest JSON."""
+    if isinstance(value, (str, bytes, int, float, np.ndarray, np.generic)):
+        return value
+    if isinstance(value, (tuple, list)) and all(isinstance(v, (int, float)) for v in value):
+        return np.asarray(value)
+    return json.dumps(value, default=str)
+
+
+class LogWriter:
+    """Writes a session log through a background thread (see the module docstring).
+
+    Args:
+        path: the .h5 file to create.
+        episodes: number of episode groups to create up front (SWMR forbids creating later).
+        step_fields: per-step datasets (name -> :class:`Field`), appended by :meth:`append`.
+        episode_fields: fixed per-episode datasets under ``reset/`` (NaN until written).
+        attrs: root attributes (non-scalar values are stored as JSON).
+        overwrite: replace an existing file instead of refusing.
+    """
+
+    def __init__(self, path: str | Path, episodes: int, step_fields: dict[str, Field],
+                 episode_fields: dict[str, Field], attrs: dict, overwrite: bool = False) -> None:
+        self.path = Path(path)
+        if self.path.exists() and not overwrite:
+            raise FileExistsError(f"log file {self.path} exists; logs are never overwritten by default: "
+                                  "choose another --log path or pass --overwrite")
+        if episodes < 1:
+            raise ValueError(f"episodes must be >= 1, got {episodes}")
+        self.step_fields = dict(step_fields)
+        self._queue: queue.SimpleQueue = queue.SimpleQueue()
+        self._datasets: dict[tuple[int, str], h5py.Dataset] = {}  # writer-side handle cache
+        self.error: BaseException | None = None
+        self._file = h5py.File(self.path, "w", libver="latest")
+        try:
+            self._create(episodes, episode_fields, attrs)
+            self._file.swmr_mode = True  # from here on: appends and fills only
+        except BaseException:
+            self._file.close()
+            raise
+        self._thread = threading.Thread(target=self._run, name="hdf5-log-writer", daemon=True)
+        self._thread.start()
+
+    # --- control-loop side (cheap: enqueue only) --------------------------------------
+    def append(self, episode: int, values: dict[str, np.ndarray]) -> None:
+        """Append one row to each named per-step dataset of ``episode``."""
+        self._put(("append", episode, values))
+
+    def set(self, episode: int, values: dict[str, np.ndarray]) -> None:
+        """Fill fixed datasets of ``episode`` (``reset/...`` and ``outcome/...`` paths)."""
+        self._put(("set", episode, values))
+
+    def end_episode(self, episode: int, status: int, message: str, steps: int, success: bool | None,
+                    episode_return: float) -> None:
+        """Record how ``episode`` ended (``status`` is a :class:`deploy.errors.ExitCode`)."""
+        self.set(episode, {
+            "outcome/status": np.int16(status), "outcome/steps": np.int64(steps),
+            "outcome/success": np.int8(-1 if success is None else int(success)),
+            "outcome/return": np.float64(episode_return),
+            "outcome/message": message.encode("utf-8", "replace")[:_MESSAGE_BYTES],
+        })
+
+    def check(self) -> None:
+        """Raise :class:`LogError` if the writer thread failed (called once per step)."""
+        if self.error is not None:
+            raise LogError(f"writing the log {self.path} failed: {self.error!r}; the run was stopped "
+                           "rather than continued unlogged (check disk space and permissions)")
+
+    def close(self) -> None:
+        """Write what is queued, stop the thread and close the file; raises :class:`LogError` on failure."""
+        if self._thread.is_alive():
+            self._queue.put(("close",))
+            self._thread.join()
+        if self._file.id.valid:
+            self._file.close()
+        self.check()
+
+    def _put(self, item) -> None:
+        if self.error is None:
+            self._queue.put(item)
+
+    # --- writer side ------------------------------------------------------------------
+    def _create(self, episodes: int, episode_fields: dict[str, Field], attrs: dict) -> None:
+        f = self._file
+        f.attrs["format"] = FORMAT
+        f.attrs["format_version"] = FORMAT_VERSION
+        f.attrs["created"] = datetime.now(timezone.utc).isoformat()
+        f.attrs["episodes"] = episodes
+        f.attrs["step_datasets"] = json.dumps(sorted(self.step_fields))
+        f.attrs["lagged_datasets"] = json.dumps(sorted(LAGGED))
+        for key, value in attrs.items():
+            f.attrs[key] = _attr_value(value)
+        fields = {**self.step_fields, **LAGGED}
+        for n in range(episodes):
+            group = f.create_group(f"episodes/{n}")
+            for name, spec in fields.items():
+                group.create_dataset(name, shape=(0, *spec.shape), maxshape=(None, *spec.shape), dtype=spec.dtype,
+                                     chunks=(_CHUNK_ROWS, *spec.shape))
+            if "readings/joint_pos" in self.step_fields:
+                group["joint_pos"] = group["readings/joint_pos"]  # a hard link: one dataset, two names
+            for name, spec in episode_fields.items():
+                fill = np.nan if np.dtype(spec.dtype).kind == "f" else 0
+                # Writing the fill now allocates the storage before SWMR: a later write then changes
+                # raw data only (allocating under SWMR left a dataset unreadable after a kill -9).
+                group.create_dataset(f"reset/{name}", shape=spec.shape, dtype=spec.dtype, fillvalue=fill)[()] = fill
+            for name, (dtype, fill) in _OUTCOME.items():
+                group.create_dataset(f"outcome/{name}", shape=(), dtype=dtype, fillvalue=fill)[()] = fill
+        f.flush()
+
+    def _run(self) -> None:
+        while True:
+            items = [self._queue.get()]
+            try:  # drain what is queued: one flush per batch, not per message
+                while True:
+                    items.append(self._queue.get_nowait())
+            except queue.Empty:
+                pass
+            try:
+                touched: dict[tuple[int, str], h5py.Dataset] = {}
+                for item in items:
+                    if item[0] == "close":
+                        self._flush(touched)
+                        self._file.close()
+                        return
+                    self._write(item, touched)
+                self._flush(touched)
+            except BaseException as error:  # noqa: BLE001 - reported to the control loop via check()
+                self.error = error
+                try:
+                    self._file.close()
+                finally:
+                    return
+
+    def _write(self, item, touched: dict) -> None:
+        kind, episode, values = item
+        for name, value in values.items():
+            key = (episode, name)
+            ds = self._datasets.get(key)
+            if ds is None:  # h5py path lookups cost tens of microseconds: resolve each once
+                ds = self._datasets[key] = self._file[f"episodes/{episode}/{name}"]
+            if kind == "append":
+                rows = ds.shape[0]
+                ds.resize(rows + 1, axis=0)
+                ds[rows] = value
+            else:
+                ds[()] = value
+            touched[key] = ds
+
+    @staticmethod
+    def _flush(touched: dict) -> None:
+        for ds in touched.values():
+            ds.flush()
+        touched.clear()
+
+
+# --- reading ----------------------------------------------------------------------------
+class LogFormatError(ValueError):
+    """The file is not a readable deployment log (foreign, truncated or corrupt)."""
+
+
+@dataclass
+class Episode:
+    """One episode read back: complete steps only (rows every per-step dataset has)."""
+
+    index: int
+    steps: int
+    data: dict[str, np.ndarray]
+    reset: dict[str, np.ndarray]
+    outcome: dict
+
+    def __getitem__(self, name: str) -> np.ndarray:
+        return self.data[name]
+
+    def group(self, prefix: str) -> dict[str, np.ndarray]:
+        """Datasets under ``prefix/`` keyed by their last name (e.g. ``readings``)."""
+        return {k[len(prefix) + 1:]: v for k, v in self.data.items() if k.startswith(prefix + "/")}
+
+
+class LogReader:
+    """Reads a session log, also while it is being written or after the writer was killed.
+
+    Opens in SWMR read mode, which is what allows reading a file whose writer still has it
+    open (or died with it open). Raises :class:`LogFormatError` naming the problem for files
+    that are missing, not HDF5, truncated, or HDF5 but not a deployment log.
+    """
+
+    def __init__(self, path: str | Path) -> None:
+        self.path = Path(path)
+        if not self.path.is_file():
+            raise LogFormatError(f"{self.path}: no such file")
+        try:
+            self.file = h5py.File(self.path, "r", libver="latest", swmr=True)
+        except OSError as error:
+            size = self.path.stat().st_size
+            raise LogFormatError(f"{self.path} ({size} bytes) cannot be opened as HDF5: it is truncated, corrupt or "
+                                 f"not an HDF5 file ({error})") from None
+        try:
+            fmt = self.file.attrs.get("format")
+        except (OSError, RuntimeError, KeyError) as error:  # h5py raises these for damaged metadata
+            self.file.close()
+            raise LogFormatError(f"{self.path} is truncated or corrupt: its attributes cannot be read ({error})"
+                                 ) from None
+        if fmt != FORMAT:
+            found = sorted(self.file.keys())[:8]
+            self.file.close()
+            raise LogFormatError(f"{self.path} is an HDF5 file but not a deployment log (attribute format="
+                                 f"{fmt!r}, expected {FORMAT!r}; top-level objects: {found})")
+        version = int(self.file.attrs.get("format_version", -1))
+        if version > FORMAT_VERSION:
+            self.file.close()
+            raise LogFormatError(f"{self.path} has log format version {version}; this toolkit reads <= "
+                                 f"{FORMAT_VERSION}: update the toolkit")
+        self.attrs = {k: _decode_attr(v) for k, v in self.file.attrs.items()}
+        self.step_datasets = json.loads(self.attrs["step_datasets"])
+        self.lagged_datasets = json.loads(self.attrs["lagged_datasets"])
+
+    @property
+    def episode_count(self) -> int:
+        return len(self.file["episodes"])
+
+    def steps(self, index: int) -> int:
+        """Complete steps of an episode (0 for episodes never started)."""
+        group = self._group(index)
+        lengths = []
+        for name in self.step_datasets:
+            ds = group[name]
+            ds.refresh()
+            lengths.append(ds.shape[0])
+        return min(lengths, default=0)
+
+    def episode(self, index: int) -> Episode:
+        """Read episode ``index`` (complete steps; lagged datasets may be one row shorter)."""
+        try:
+            return self._episode(index)
+        except (OSError, RuntimeError, KeyError) as error:  # h5py's errors for damaged objects
+            raise LogFormatError(f"episode {index} of {self.path} is damaged or incomplete: {error}") from None
+
+    def _episode(self, index: int) -> Episode:
+        group = self._group(index)
+        steps = self.steps(index)
+        data = {}
+        for name in self.step_datasets:
+            data[name] = group[name][:steps]
+        if "joint_pos" in group and "readings/joint_pos" in data:
+            data["joint_pos"] = data["readings/joint_pos"]  # the hard link: same dataset
+        for name in self.lagged_datasets:
+            ds = group[name]
+            ds.refresh()
+            data[name] = ds[:min(steps, ds.shape[0])]
+        reset = {}
+        if "reset" in group:
+            group["reset"].visititems(lambda name, obj: reset.__setitem__(name, obj[()])
+                                      if isinstance(obj, h5py.Dataset) else None)
+        outcome = {name: ds[()] for name, ds in group["outcome"].items()}
+        outcome["message"] = outcome["message"].decode("utf-8", "replace")
+        return Episode(index=index, steps=steps, data=data, reset=reset, outcome=outcome)
+
+    def _group(self, index: int) -> h5py.Group:
+        count = self.episode_count
+        if not 0 <= index < count:
+            raise LogFormatError(f"{self.path} has episodes 0..{count - 1}; episode {index} does not exist")
+        return self.file[f"episodes/{index}"]
+
+    def close(self) -> None:
+        self.file.close()
+
+    def __enter__(self) -> LogReader:
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+
+def _decode_attr(value):
+    if isinstance(value, bytes):
+        return value.decode()
+    if isinstance(value, np.generic):
+        return value.item()
+    return value

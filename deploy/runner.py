@@ -1,0 +1,431 @@
+"""The deployment control loop: policy in, clamped joint commands out, at the policy's rate.
+
+One step at deadline ``t_k = t_0 + k * control_dt`` (absolute deadlines from
+``time.perf_counter_ns``, so errors never accumulate):
+
+1. read the sensors (``backend.read``) and check they are fresh (watchdog);
+2. ``obs = task.observe(readings, task_state, joint_targets, last_action)`` - the training
+   code itself, called with numpy arrays;
+3. ``action = policy(obs)``; ``target = relative_joint_target(...)`` - the training action
+   mapping; ``command = clamp_joint_command(target, previous, limits, max_joint_speed * dt)``
+   - the safety clamp, applied to every command, always;
+4. ``backend.write(command)``; hand the step's record to the log writer thread;
+5. sleep until ~``spin_s`` before ``t_{k+1}``, then spin to the deadline.
+
+A step whose work ends after the next deadline is an overrun; ``max_overruns`` overruns in a
+row stop the run (:class:`~deploy.errors.WatchdogOverrun`), as do ``max_stale_reads`` reads in a
+row without new device data (:class:`~deploy.errors.StaleSensorData`). A NaN/inf observation or
+action stops the robot before the value is used (:class:`~deploy.errors.NonFiniteError`).
+Every stop holds the robot and records the episode's outcome in the log before re-raising;
+the caller (:mod:`deploy.run`) then closes the backend, which turns the torque off.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import gc
+import os
+import sys
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from deploy.backends.base import Backend, Field
+from deploy.errors import DeployError, ExitCode, NonFiniteError, PolicyMismatchError, StaleSensorData, WatchdogOverrun
+from deploy.log import LogWriter
+from deploy.policy import PolicyError
+from toolkit.envs.task import Task
+from toolkit.robot import RobotSpec, clamp_joint_command, relative_joint_target
+
+TIMING_FIELDS = ("period", "lateness", "read_latency", "policy_latency", "write_latency", "compute")
+
+
+@dataclass
+class RunnerConfig:
+    """Loop and safety settings.
+
+    Attributes:
+        episodes: episodes to run.
+        episode_steps: control steps per episode (None: the task's ``episode_steps``).
+        control_dt: seconds per control step (None: the policy's metadata ``control_dt``).
+        max_overruns: consecutive deadline overruns that stop the run.
+        max_stale_reads: consecutive reads without new device data that stop the run.
+        spin_s: how long before a deadline the loop stops sleeping and busy-waits.
+        seed: seed of the episode draws (goals, initial states, DR).
+        task_state: fixed task-state values (e.g. ``{"goal_angle": 1.0}``) overriding the draws.
+        switch_interval_s: Python's GIL switch interval during the run (short, so that the log
+            writer thread cannot hold the control loop off its deadline for the default 5 ms).
+        realtime: pace steps at ``control_dt`` of wall-clock time. False (sim only) runs as fast as
+            possible for evaluation; the physics still advances ``control_dt`` per step.
+        rt_priority: run the control thread under SCHED_FIFO at this priority (1-99; 0: no).
+            Cuts the wake-up latency of a loaded machine from milliseconds to ~0.1 ms; needs root,
+            CAP_SYS_NICE or an rtprio limit, and falls back to normal scheduling with a warning.
+    """
+
+    episodes: int = 1
+    episode_steps: int | None = None
+    control_dt: float | None = None
+    max_overruns: int = 5
+    max_stale_reads: int = 3
+    spin_s: float = 0.001
+    seed: int = 0
+    task_state: dict[str, float] = field(default_factory=dict)
+    switch_interval_s: float = 0.0005
+    realtime: bool = True
+    rt_priority: int = 0
+
+
+@dataclass
+class EpisodeResult:
+    """How one episode went; ``timing`` holds the per-step arrays (seconds)."""
+
+    index: int
+    steps: int
+    success: bool | None
+    episode_return: float
+    status: int
+    message: str
+    overruns: int
+    timing: dict[str, np.ndarray]
+
+    def summary(self, control_dt: float) -> dict[str, float]:
+        """Timing statistics in milliseconds (periods exclude the first step)."""
+        t = self.timing
+        period = t["period"][1:] * 1e3 if self.steps > 1 else np.full(1, np.nan)
+        jitter = np.abs(period - control_dt * 1e3)
+
+        def pct(values, q):
+            return float(np.percentile(values, q)) if len(values) and np.isfinite(values).any() else float("nan")
+
+        return {
+            "period_mean_ms": float(np.mean(period)), "period_p99_ms": pct(period, 99),
+            "jitter_p50_ms": pct(jitter, 50), "jitter_p99_ms": pct(jitter, 99),
+            "lateness_max_ms": float(np.max(t["lateness"] * 1e3)) if self.steps else float("nan"),
+            "policy_mean_ms": float(np.mean(t["policy_latency"] * 1e3)) if self.steps else float("nan"),
+            "policy_p99_ms": pct(t["policy_latency"] * 1e3, 99),
+            "read_mean_ms": float(np.mean(t["read_latency"] * 1e3)) if self.steps else float("nan"),
+            "read_p99_ms": pct(t["read_latency"] * 1e3, 99),
+            "overruns": self.overruns,
+        }
+
+
+def check_policy(metadata, task: Task, robot: RobotSpec) -> None:
+    """Refuse a policy that cannot drive ``robot`` on ``task``: every mismatch, one message.
+
+    Compared: robot name, task name, joint names and order, observation layout (fields,
+    sizes, schema hash), action size, action scale, joint limits, default joint targets and
+    control period. Raises :class:`PolicyMismatchError` before anything moves.
+    """
+    problems = []
+    if metadata.robot != robot.name:
+        problems.append(f"robot: the policy was trained for '{metadata.robot}', the backend drives '{robot.name}'")
+    if metadata.task != task.name:
+        problems.append(f"task: the policy was trained on '{metadata.task}', the runner has '{task.name}'")
+    if tuple(metadata.joint_names) != tuple(robot.joint_names):
+        problems.append(f"joint names: policy {list(metadata.joint_names)} vs robot {list(robot.joint_names)}")
+    layout = task.obs_layout
+    if tuple(metadata.obs_layout.fields) != tuple(layout.fields):
+        problems.append(f"observation layout: policy {list(metadata.obs_layout.fields)} vs task "
+                        f"'{task.name}' {list(layout.fields)}")
+    if metadata.schema_hash != layout.schema_hash():
+        problems.append(f"observation schema hash: policy {metadata.schema_hash} vs task {layout.schema_hash()}")
+    if metadata.obs_size != layout.size:
+        problems.append(f"observation size: policy {metadata.obs_size} vs task {layout.size}")
+    if metadata.action_size != robot.num_joints:
+        problems.append(f"action size: policy {metadata.action_size} vs robot {robot.num_joints} joints")
+    for name, theirs, ours in (("action_scale", metadata.action_scale, robot.action_scale),
+                               ("joint_low", metadata.joint_low, robot.joint_low),
+                               ("joint_high", metadata.joint_high, robot.joint_high),
+                               ("default_joint_targets", metadata.default_joint_targets, robot.default_pose)):
+        theirs = np.asarray(theirs, dtype=np.float64)
+        if theirs.shape != ours.shape or not np.allclose(theirs, ours, atol=1e-6):
+            problems.append(f"{name}: policy {np.round(theirs, 4).tolist()} vs robot {np.round(ours, 4).tolist()}")
+    if not np.isclose(metadata.control_dt, robot.control_dt, rtol=1e-6):
+        problems.append(f"control_dt: policy {metadata.control_dt} s vs robot {robot.control_dt} s")
+    if problems:
+        raise PolicyMismatchError(
+            f"refusing policy (run '{metadata.run_name}', step {metadata.training_step}): it does not match this "
+            f"backend:\n  - " + "\n  - ".join(problems)
+            + "\nExport the policy again from a run of the current toolkit/robot definition, or use the robot it "
+              "was trained for.")
+
+
+def realtime_scheduling(priority: int) -> Callable[[], None]:
+    """Switch the calling thread to SCHED_FIFO ``priority``; returns the function that undoes it.
+
+    Without permission (no root/CAP_SYS_NICE) it warns and leaves the scheduling alone.
+    """
+    if priority <= 0 or not hasattr(os, "sched_setscheduler"):
+        return lambda: None
+    policy, param = os.sched_getscheduler(0), os.sched_getparam(0)
+    try:
+        os.sched_setscheduler(0, os.SCHED_FIFO, os.sched_param(priority))
+    except (OSError, ValueError) as error:
+        print(f"deploy: warning: cannot use real-time scheduling (SCHED_FIFO {priority}: {error}); wake-ups will be "
+              "less punctual. Grant CAP_SYS_NICE or an rtprio limit, or pass --rt-priority 0", file=sys.stderr)
+        return lambda: None
+
+    def restore() -> None:
+        with contextlib.suppress(OSError):
+            os.sched_setscheduler(0, policy, param)
+
+    return restore
+
+
+class Pacer:
+    """Absolute-deadline pacing: sleep to ``spin_ns`` before the deadline, then busy-wait."""
+
+    def __init__(self, period_ns: int, spin_ns: int, realtime: bool = True) -> None:
+        self.period_ns, self.spin_ns, self.realtime = period_ns, spin_ns, realtime
+        self.deadline = time.perf_counter_ns()
+
+    def start(self) -> None:
+        self.deadline = time.perf_counter_ns()
+
+    def wait(self) -> int:
+        """Block until the current deadline; returns the wake-up time (ns)."""
+        if not self.realtime:
+            return time.perf_counter_ns()
+        deadline = self.deadline
+        remaining = deadline - time.perf_counter_ns()
+        if remaining > self.spin_ns:
+            time.sleep((remaining - self.spin_ns) * 1e-9)
+        now = time.perf_counter_ns()
+        while now < deadline:  # sleep() overshoots by up to ~0.1 ms (more when loaded): spin the rest
+            now = time.perf_counter_ns()
+        return now
+
+    def advance(self, work_end_ns: int) -> bool:
+        """Move to the next deadline; True if the work already ran past it (an overrun).
+
+        More than a whole period late, the grid restarts at ``work_end_ns`` instead of firing a
+        burst of catch-up steps.
+        """
+        if not self.realtime:
+            self.deadline = work_end_ns
+            return False
+        nxt = self.deadline + self.period_ns
+        overrun = work_end_ns > nxt
+        if work_end_ns > nxt + self.period_ns:
+            nxt = work_end_ns
+        self.deadline = nxt
+        return overrun
+
+
+class Runner:
+    """Runs a policy on a backend for ``cfg.episodes`` episodes, logging every step.
+
+    Args:
+        policy: an object with ``metadata`` (:class:`deploy.policy.PolicyMetadata`) and
+            ``__call__(obs (B, O) float32) -> (B, A) float32`` (:class:`deploy.policy.OnnxPolicy`).
+        backend: an opened :class:`Backend` (``sim`` or ``dclaw``).
+        cfg: loop settings.
+        log: the session's :class:`LogWriter`, or None for no log.
+        log_factory: alternatively, ``log_factory(step_fields, episode_fields) -> LogWriter``,
+            called once after the first reset (when the readings' shapes are known).
+        on_episode: called with each finished :class:`EpisodeResult` (progress printing).
+    """
+
+    def __init__(self, policy, backend: Backend, cfg: RunnerConfig, log: LogWriter | None = None,
+                 log_factory: Callable[[dict, dict], LogWriter] | None = None,
+                 on_episode: Callable[[EpisodeResult], None] | None = None) -> None:
+        self.policy, self.backend, self.cfg, self.log = policy, backend, cfg, log
+        self.log_factory, self.on_episode = log_factory, on_episode
+        self.task = backend.task
+        self.robot = backend.robot
+        check_policy(policy.metadata, self.task, self.robot)
+        self.control_dt = float(cfg.control_dt or policy.metadata.control_dt)
+        if self.control_dt <= 0:
+            raise ValueError(f"control_dt must be positive, got {self.control_dt}")
+        self.episode_steps = cfg.episode_steps or self.task.episode_steps
+        if cfg.max_overruns < 1 or cfg.max_stale_reads < 1:
+            raise ValueError("max_overruns and max_stale_reads must be >= 1")
+        robot = self.robot
+        self.low, self.high = robot.joint_low, robot.joint_high
+        self.action_scale = robot.action_scale
+        self.max_step = robot.max_joint_speed * self.control_dt
+        self.rng = np.random.default_rng(cfg.seed)
+        self.results: list[EpisodeResult] = []
+
+    # --- log schema -------------------------------------------------------------------
+    def step_fields(self, readings: dict[str, np.ndarray], task_state: dict[str, np.ndarray]) -> dict[str, Field]:
+        """Per-step datasets for the log, given example readings and task state."""
+        j = self.robot.num_joints
+        fields = {
+            "obs": Field((self.task.obs_layout.size,), "float32"),
+            "actions": Field((j,), "float32"),
+            "joint_targets": Field((j,)),
+            "time": Field(()),
+            "timing/overrun": Field((), "int8"),
+            **{f"timing/{name}": Field(()) for name in TIMING_FIELDS},
+            **{f"readings/{k}": Field(v.shape[1:]) for k, v in readings.items()},
+            **{f"task_state/{k}": Field(v.shape[1:]) for k, v in task_state.items()},
+            **self.backend.step_fields(),
+        }
+        return fields
+
+    def episode_fields(self) -> dict[str, Field]:
+        """Fixed per-episode datasets (``reset/...``)."""
+        return {"joint_targets": Field((self.robot.num_joints,)), **self.backend.episode_fields()}
+
+    # --- running ----------------------------------------------------------------------
+    def run(self) -> list[EpisodeResult]:
+        """Run every episode; raises a :class:`DeployError` on a deliberate stop (after
+        holding the robot and logging the episode's outcome)."""
+        previous_interval = sys.getswitchinterval()
+        sys.setswitchinterval(self.cfg.switch_interval_s)
+        restore_scheduler = realtime_scheduling(self.cfg.rt_priority)
+        try:
+            for index in range(self.cfg.episodes):
+                result = self.run_episode(index)
+                self.results.append(result)
+                if self.on_episode is not None:
+                    self.on_episode(result)
+        finally:
+            sys.setswitchinterval(previous_interval)
+            restore_scheduler()
+            gc.enable()
+        return self.results
+
+    def run_episode(self, index: int) -> EpisodeResult:
+        """Reset, then run one episode at control rate."""
+        backend, task, log = self.backend, self.task, self.log
+        reset = backend.reset(self.rng)
+        task_state = self._apply_overrides(reset.task_state)
+        targets = np.asarray(reset.joint_targets, dtype=np.float64).reshape(1, -1)
+        last_action = np.zeros_like(targets)
+        if log is None and self.log_factory is not None:
+            readings, _ = backend.read()
+            log = self.log = self.log_factory(self.step_fields(readings, task_state), self.episode_fields())
+        if log is not None:
+            log.set(index, {"reset/joint_targets": targets[0], **{f"reset/{k}": v for k, v in
+                                                                   reset.episode_values.items()}})
+        steps, total, success, overruns, consecutive, stale = 0, 0.0, None, 0, 0, 0
+        timing = {name: np.full(self.episode_steps, np.nan) for name in TIMING_FIELDS}
+        pacer = Pacer(round(self.control_dt * 1e9), round(self.cfg.spin_s * 1e9), self.cfg.realtime)
+        gc.disable()  # a collection pause mid-episode would be a deadline miss; it runs after the episode
+        status, message = ExitCode.OK, "completed"
+        try:
+            pacer.start()
+            t0 = pacer.deadline
+            previous_start = None
+            for k in range(self.episode_steps + 1):
+                deadline = pacer.deadline
+                start = pacer.wait()
+                readings, fresh = backend.read()
+                read_done = time.perf_counter_ns()
+                stale = 0 if fresh else stale + 1
+                if stale >= self.cfg.max_stale_reads:
+                    detail = backend.describe_stale()
+                    raise StaleSensorData(f"sensor data did not update for {stale} consecutive reads (episode "
+                                          f"{index}, step {k}){': ' + detail if detail else ''}: a servo or the bus "
+                                          "stopped delivering new values")
+                if k > 0:  # the outcome of the previous action, as the training env computes it
+                    reward, step_success = self._outcome(readings, task_state, last_action, targets)
+                    total += reward
+                    success = step_success
+                    if log is not None:
+                        log.append(index, {"reward": np.float64(reward), "success": np.int8(step_success)})
+                if k == self.episode_steps:
+                    break
+                state = backend.state()
+                obs = task.observe(readings, task_state, targets, last_action).astype(np.float32)
+                self._check_finite("observation", obs[0], index, k, task.obs_layout.slices())
+                policy_start = time.perf_counter_ns()
+                try:
+                    action = np.asarray(self.policy(obs), dtype=np.float32)
+                except PolicyError as error:  # the observation is finite here: the policy itself failed
+                    backend.hold()
+                    raise NonFiniteError(f"the policy produced no usable action at episode {index}, step {k}: "
+                                         f"{error}") from None
+                policy_done = time.perf_counter_ns()
+                self._check_finite("action", action[0], index, k, None)
+                action64 = action.astype(np.float64)
+                target = relative_joint_target(targets, action64, self.action_scale, self.low, self.high)
+                command = clamp_joint_command(target, targets, self.low, self.high, self.max_step)
+                backend.write(command[0])
+                end = time.perf_counter_ns()
+                overrun = pacer.advance(end)
+                overruns += overrun
+                consecutive = consecutive + 1 if overrun else 0
+                step_timing = {
+                    "period": np.nan if previous_start is None else (start - previous_start) * 1e-9,
+                    "lateness": (start - deadline) * 1e-9,
+                    "read_latency": (read_done - start) * 1e-9,
+                    "policy_latency": (policy_done - policy_start) * 1e-9,
+                    "write_latency": (end - policy_done) * 1e-9,
+                    "compute": (end - start) * 1e-9,
+                }
+                previous_start = start
+                for name, value in step_timing.items():
+                    timing[name][k] = value
+                if log is not None:
+                    log.check()
+                    log.append(index, {
+                        "obs": obs[0], "actions": action[0], "joint_targets": command[0],
+                        "time": np.float64((start - t0) * 1e-9), "timing/overrun": np.int8(overrun),
+                        **{f"timing/{n}": np.float64(v) for n, v in step_timing.items()},
+                        **{f"readings/{n}": v[0] for n, v in readings.items()},
+                        **{f"task_state/{n}": v[0].copy() for n, v in task_state.items()},
+                        **state,
+                    })
+                targets, last_action = command, action64
+                steps = k + 1
+                if consecutive >= self.cfg.max_overruns:
+                    raise WatchdogOverrun(
+                        f"{consecutive} consecutive control steps overran their {self.control_dt * 1e3:.1f} ms period "
+                        f"(episode {index}, step {k}; last step took {(end - start) * 1e-6:.1f} ms): the machine is "
+                        "too loaded or the bus too slow for this rate")
+        except DeployError as error:
+            status, message = error.exit_code, str(error)
+            self._stop(index, steps, status, message, None, total)
+            raise
+        except BaseException as error:
+            status, message = ExitCode.INTERRUPTED if isinstance(error, KeyboardInterrupt) else 1, repr(error)
+            self._stop(index, steps, status, message, None, total)
+            raise
+        finally:
+            gc.enable()
+        if log is not None:
+            log.end_episode(index, status, message, steps, success, total)
+            log.check()
+        return EpisodeResult(index, steps, success, total, int(status), message, overruns,
+                             {n: v[:steps] for n, v in timing.items()})
+
+    # --- helpers ----------------------------------------------------------------------
+    def _outcome(self, readings, task_state, action, targets) -> tuple[float, bool]:
+        task = self.task
+        terms = task.reward_terms(readings, task_state, action, targets)
+        reward = float(sum(task.reward_scales[name] * value[0] for name, value in terms.items()))
+        success = task.success(readings, task_state)
+        task.update_goals(readings, task_state, success, self.rng.random)
+        return reward, bool(success[0])
+
+    def _apply_overrides(self, task_state: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        for name, value in self.cfg.task_state.items():
+            if name not in task_state:
+                raise ValueError(f"task '{self.task.name}' has no task state '{name}' to override; it has "
+                                 f"{sorted(task_state)}")
+            task_state[name] = np.full_like(task_state[name], value)
+        return task_state
+
+    def _check_finite(self, what: str, values: np.ndarray, episode: int, step: int, slices) -> None:
+        if np.isfinite(values).all():
+            return
+        self.backend.hold()  # before anything else: nothing derived from this value may move the robot
+        if slices:
+            bad = [name for name, s in slices.items() if not np.isfinite(values[s]).all()]
+        else:
+            bad = [self.robot.joint_names[i] for i in np.flatnonzero(~np.isfinite(values))]
+        raise NonFiniteError(f"non-finite {what} at episode {episode}, step {step} (in {', '.join(bad)}); the robot "
+                             "was stopped before using it. A sensor returned garbage or the policy diverged: "
+                             "inspect the log's last steps")
+
+    def _stop(self, index: int, steps: int, status: int, message: str, success, total: float) -> None:
+        try:
+            self.backend.hold()
+        finally:
+            if self.log is not None:
+                self.log.end_episode(index, status, message, steps, success, total)

@@ -1,0 +1,69 @@
+"""ONNX policies without training: a random tanh MLP with valid metadata for a task.
+
+For the jitter benchmark, dry runs of the deployment wiring and tests that need a policy with
+a particular behaviour (saturated, NaN-producing, mismatching metadata). The graph is built with
+``onnx.helper`` and its metadata written by :func:`deploy.policy.encode_metadata`, the function
+``export.onnx`` uses, so :func:`deploy.policy.load_policy` reads it like an exported file.
+A synthetic policy is not trained: never expect it to solve the task.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from pathlib import Path
+
+import numpy as np
+import onnx
+from onnx import TensorProto, helper, numpy_helper
+
+import toolkit
+from deploy.policy import PolicyMetadata, encode_metadata
+from toolkit.envs.task import Task
+
+
+def task_metadata(task: Task, task_overrides: dict | None = None, **replace) -> PolicyMetadata:
+    """The metadata an export of a policy for ``task`` carries; ``replace`` alters fields."""
+    robot, layout = task.robot, task.obs_layout
+    metadata = PolicyMetadata(
+        robot=robot.name, task=task.name, task_overrides=dict(task_overrides or {}), joint_names=robot.joint_names,
+        action_scale=robot.action_scale, joint_low=robot.joint_low, joint_high=robot.joint_high,
+        default_joint_targets=robot.default_pose, control_dt=robot.control_dt, obs_layout=layout,
+        schema_hash=layout.schema_hash(), toolkit_version=toolkit.__version__, run_name="synthetic", training_step=0)
+    return dataclasses.replace(metadata, **replace) if replace else metadata
+
+
+def synthetic_policy(path: str | Path, metadata: PolicyMetadata, *, hidden: int = 64, seed: int = 0,
+                     weight_scale: float = 1.0, bias: float | np.ndarray = 0.0, nan_action: bool = False) -> Path:
+    """Write ``action = tanh(W2 tanh(W1 obs + b1) + b2 + bias)`` to ``path`` (float32, dynamic batch).
+
+    Args:
+        metadata: what the file says about itself (:func:`task_metadata`).
+        weight_scale: multiplies the random weights (large: saturated, bang-bang actions).
+        bias: added before the output tanh (large: constant actions pushing to the limits).
+        nan_action: add ``sqrt(-1)`` to the output, i.e. a policy that emits NaN.
+    """
+    rng = np.random.default_rng(seed)
+    obs_size, action_size = metadata.obs_size, metadata.action_size
+    w1 = rng.normal(0, weight_scale / np.sqrt(obs_size), (obs_size, hidden)).astype(np.float32)
+    w2 = rng.normal(0, weight_scale / np.sqrt(hidden), (hidden, action_size)).astype(np.float32)
+    b2 = np.broadcast_to(np.asarray(bias, dtype=np.float32), (action_size,)).copy()
+    initializers = [numpy_helper.from_array(w1, "w1"), numpy_helper.from_array(np.zeros(hidden, np.float32), "b1"),
+                    numpy_helper.from_array(w2, "w2"), numpy_helper.from_array(b2, "b2")]
+    nodes = [helper.make_node("Gemm", ["obs", "w1", "b1"], ["h"]), helper.make_node("Tanh", ["h"], ["a"]),
+             helper.make_node("Gemm", ["a", "w2", "b2"], ["z"])]
+    if nan_action:
+        initializers.append(numpy_helper.from_array(np.full(1, -1.0, np.float32), "minus_one"))
+        nodes += [helper.make_node("Tanh", ["z"], ["t"]), helper.make_node("Sqrt", ["minus_one"], ["nan"]),
+                  helper.make_node("Add", ["t", "nan"], ["action"])]
+    else:
+        nodes.append(helper.make_node("Tanh", ["z"], ["action"]))
+    graph = helper.make_graph(
+        nodes, "synthetic_policy",
+        [helper.make_tensor_value_info("obs", TensorProto.FLOAT, ["batch", obs_size])],
+        [helper.make_tensor_value_info("action", TensorProto.FLOAT, ["batch", action_size])], initializers)
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)], producer_name="deploy.testing")
+    helper.set_model_props(model, encode_metadata(metadata))
+    onnx.checker.check_model(model, full_check=True)
+    path = Path(path)
+    onnx.save(model, path)
+    return path

@@ -1,0 +1,1 @@
+"""Export of trained policies: ``python -m export.onnx runs/<name> --out policy.onnx``."""

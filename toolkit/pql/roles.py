@@ -1,0 +1,91 @@
+"""What the three roles have in common: dimensions, networks, normalizers, state exchange."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+from torch import nn
+
+from toolkit.config import PQLConfig
+from toolkit.nn import Actor, DoubleQCritic
+from toolkit.normalizer import RunningNorm
+from toolkit.pql.shared import ParamBoard, SharedReplay, SharedState, module_tensors
+
+
+class TrainingError(RuntimeError):
+    """Training stopped abnormally (a role crashed or died, a loss went non-finite)."""
+
+
+class NonFiniteLossError(TrainingError):
+    """A learner produced a NaN/inf loss; training stops and keeps the last good checkpoint."""
+
+
+@dataclass(frozen=True)
+class Dims:
+    """Sizes of the actor observation, critic observation and action."""
+
+    obs: int
+    critic_obs: int
+    action: int
+    asymmetric: bool
+
+
+def make_actor(cfg: PQLConfig, dims: Dims) -> Actor:
+    return Actor(dims.obs, dims.action, cfg.actor_hidden)
+
+
+def make_critic(cfg: PQLConfig, dims: Dims) -> DoubleQCritic:
+    return DoubleQCritic(dims.critic_obs, dims.action, cfg.critic_hidden, cfg.num_atoms, cfg.v_min, cfg.v_max)
+
+
+def make_normalizers(cfg: PQLConfig, dims: Dims) -> tuple[RunningNorm, RunningNorm]:
+    obs_norm = RunningNorm(dims.obs, clip=cfg.obs_clip)
+    critic_norm = RunningNorm(dims.critic_obs, clip=cfg.obs_clip) if dims.asymmetric else obs_norm
+    return obs_norm, critic_norm
+
+
+def make_shared_state(cfg: PQLConfig, dims: Dims) -> SharedState:
+    actor, critic = make_actor(cfg, dims), make_critic(cfg, dims)
+    obs_norm, critic_norm = make_normalizers(cfg, dims)
+    replay = SharedReplay(cfg.replay_size, dims.obs, dims.action, dims.critic_obs if dims.asymmetric else None)
+    return SharedState(replay, ParamBoard.for_tensors(module_tensors(actor)),
+                       ParamBoard.for_tensors(module_tensors(critic)),
+                       ParamBoard.for_tensors(module_tensors(obs_norm)),
+                       ParamBoard.for_tensors(module_tensors(critic_norm)))
+
+
+class NormalizerReader:
+    """Keeps a role's copies of the actor's observation normalizers current."""
+
+    def __init__(self, cfg: PQLConfig, dims: Dims, shared: SharedState) -> None:
+        self.enabled = cfg.normalize_obs
+        self.obs_norm, self.critic_norm = make_normalizers(cfg, dims)
+        self._boards = [(shared.obs_norm_board, module_tensors(self.obs_norm))]
+        if dims.asymmetric:
+            self._boards.append((shared.critic_obs_norm_board, module_tensors(self.critic_norm)))
+        self._versions = [-1] * len(self._boards)
+
+    def sync(self) -> None:
+        for i, (board, tensors) in enumerate(self._boards):
+            self._versions[i] = board.read_into(tensors, self._versions[i])
+
+    def obs(self, x: torch.Tensor) -> torch.Tensor:
+        return self.obs_norm(x) if self.enabled else x
+
+    def critic_obs(self, x: torch.Tensor) -> torch.Tensor:
+        return self.critic_norm(x) if self.enabled else x
+
+
+def optimizer_step(optimizer: torch.optim.Optimizer, module: nn.Module, loss: torch.Tensor, clip: float,
+                   what: str, update: int) -> float:
+    """Backprop ``loss`` with gradient clipping; refuses non-finite losses."""
+    value = float(loss.detach())
+    if not torch.isfinite(loss.detach()):
+        raise NonFiniteLossError(f"{what} loss is {value} at update {update}: stopping (the last good "
+                                 "checkpoint is kept). Lower the learning rate or the reward scale.")
+    optimizer.zero_grad(set_to_none=True)
+    loss.backward()
+    nn.utils.clip_grad_norm_(module.parameters(), clip)
+    optimizer.step()
+    return value

@@ -1,0 +1,1 @@
+"""Training commands: ``python -m train.dclaw``, ``python -m train.shadow_hand``."""
