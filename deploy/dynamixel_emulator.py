@@ -73,10 +73,14 @@ class DynamixelEmulator:
         max_speed: speed limit of the motor model (rad/s).
         time_constant: first-order time constant of the motor model (s).
         model_number: what PING and register 0 report (1020: XM430-W350).
+        rt_priority: SCHED_FIFO priority of the bus thread (0: normal; ignored where not
+            permitted). Real servos answer within microseconds whatever the host's load; an
+            emulator thread starved by a loaded machine would miss the SDK's ~35 ms timeouts.
     """
 
     def __init__(self, ids, passive_ids=(), positions: dict[int, float] | None = None, max_speed: float = 5.0,
-                 time_constant: float = 0.05, model_number: int = dxl.MODEL_XM430_W350) -> None:
+                 time_constant: float = 0.05, model_number: int = dxl.MODEL_XM430_W350, rt_priority: int = 0) -> None:
+        self.rt_priority = rt_priority
         self.max_speed_ticks = max_speed / dxl.RAD_PER_TICK
         self.time_constant = time_constant
         self.passive_ids = set(passive_ids)
@@ -230,6 +234,11 @@ class DynamixelEmulator:
                     setattr(self, name, -1)
 
     def _serve(self) -> None:
+        if self.rt_priority > 0 and hasattr(os, "sched_setscheduler"):
+            try:
+                os.sched_setscheduler(0, os.SCHED_FIFO, os.sched_param(self.rt_priority))
+            except OSError:
+                pass
         while not self._stop.is_set():
             master = self.master
             if master < 0:
@@ -389,12 +398,14 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--ids", type=int, nargs="+", default=list(SERVO_IDS), help="servo IDs (default: D'Claw)")
     parser.add_argument("--valve-id", type=int, default=VALVE_SERVO_ID, help="passive servo (torque off); -1: none")
     parser.add_argument("--max-speed", type=float, default=5.0, help="motor speed limit, rad/s")
+    parser.add_argument("--rt-priority", type=int, default=60, help="SCHED_FIFO priority of the bus thread (0: off)")
     parser.add_argument("--fault", action="append", default=[], metavar="KIND:ID[@SECONDS]",
                         help="inject a fault: no-reply, bad-crc, hardware-error, frozen (with an ID), unplug")
     args = parser.parse_args(argv)
     start = dict(zip(SERVO_IDS, DEFAULT_POSE.tolist(), strict=True)) if list(args.ids) == list(SERVO_IDS) else {}
     passive = () if args.valve_id < 0 else (args.valve_id,)
-    emulator = DynamixelEmulator(args.ids, passive, positions=start, max_speed=args.max_speed)
+    emulator = DynamixelEmulator(args.ids, passive, positions=start, max_speed=args.max_speed,
+                                 rt_priority=args.rt_priority)
     for text in args.fault:
         try:
             emulator.inject(*_parse_fault(text))

@@ -206,7 +206,8 @@ def run(args: Args) -> int:
             def make_log(step_fields, episode_fields):
                 nonlocal log
                 log = LogWriter(args.log, args.episodes, step_fields, episode_fields,
-                                session_attrs(args, metadata, backend, runner), overwrite=args.overwrite)
+                                session_attrs(args, metadata, backend, runner), overwrite=args.overwrite,
+                                rt_priority=max(0, cfg.rt_priority - 1))
                 return log
 
             runner = Runner(policy, backend, cfg, log_factory=make_log if args.log else None,

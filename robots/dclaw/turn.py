@@ -127,13 +127,13 @@ class TurnTask(Task):
         sign = xp.where(rand((k, 1)) < 0.5, -1.0, 1.0)
         goal = wrap_angle(valve + sign * (lo + (hi - lo) * rand((k, 1))))
         rows = ids[:, None]
-        sim.qpos[rows, xp.asarray(self._qpos_adr, device=sim.qpos.device)] = joints
-        sim.qpos[rows, self._valve_qpos] = valve
+        sim.qpos[rows, xp.asarray(self._qpos_adr, device=sim.qpos.device)] = xp.astype(joints, sim.qpos.dtype)
+        sim.qpos[rows, self._valve_qpos] = xp.astype(valve, sim.qpos.dtype)
         sim.qvel[ids] = 0.0
         sim.ctrl[rows, xp.asarray(self._actuators, device=sim.qpos.device)] = xp.broadcast_to(pose, (k, 9))
         # The goal marker is visual only: a mocap quaternion about z.
-        sim.mocap_quat[ids, self._goal_mocap] = xp.concat(
-            [xp.cos(goal / 2), xp.zeros_like(goal), xp.zeros_like(goal), xp.sin(goal / 2)], axis=-1)
+        quat = xp.concat([xp.cos(goal / 2), xp.zeros_like(goal), xp.zeros_like(goal), xp.sin(goal / 2)], axis=-1)
+        sim.mocap_quat[ids, self._goal_mocap] = xp.astype(quat, sim.mocap_quat.dtype)
         return {"goal_angle": goal}
 
     def dr_table(self) -> DRTable:

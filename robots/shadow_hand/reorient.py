@@ -197,19 +197,19 @@ class ReorientTask(Task):
 
     def read(self, sim) -> dict:
         qpos = sim.qpos
-        cube = qpos[:, self._cube_qpos]
+        cube = _take(qpos, self._cube_qpos)
         return {
-            "joint_pos": qpos[:, self._qpos_adr],
-            "distal_joint_pos": qpos[:, self._distal_adr],
-            "joint_vel": sim.qvel[:, self._hand_dofs],
+            "joint_pos": _take(qpos, self._qpos_adr),
+            "distal_joint_pos": _take(qpos, self._distal_adr),
+            "joint_vel": _take(sim.qvel, self._hand_dofs),
             "cube_pos": cube[:, :3],
             "cube_quat": cube[:, 3:],
         }
 
     def privileged(self, sim) -> dict:
         xp = array_namespace(sim.qvel)
-        velocity = sim.qvel[:, self._cube_dof]
-        tips = sim.data_field("site_xpos")[:, self._tips]
+        velocity = _take(sim.qvel, self._cube_dof)
+        tips = _take(sim.data_field("site_xpos"), self._tips)
         return {
             "cube_linvel": velocity[:, :3],
             "cube_angvel": velocity[:, 3:],
@@ -356,6 +356,14 @@ def _resting_orientations(u):
     face_up = xp.take(_like(_FACE_UP, u), face, axis=0)
     yaw = quat_from_axis_angle(_like(np.array([0.0, 0.0, 1.0]), u), 2 * math.pi * u[:, 1])
     return quat_canonical(quat_mul(yaw, face_up))
+
+
+def _take(array, columns: np.ndarray):
+    """``array[:, columns]`` as ``take`` (torch: index_select). Torch's advanced indexing runs
+    >= 16 indices on its intra-op thread pool, which stalls for ~15 ms per call when the CPU
+    cores are busy (the physics threads, other processes)."""
+    xp = array_namespace(array)
+    return xp.take(array, xp.asarray(columns, device=array.device), axis=1)
 
 
 def _like(value: np.ndarray, other):

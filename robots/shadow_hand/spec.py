@@ -10,7 +10,7 @@ J3 abduction, J2 proximal flexion, J1 middle, J0 distal (the Shadow Robot driver
 the same joints one higher: FFJ4..FFJ1, WRJ2..WRJ1). 24 joints, 20 position actuators:
 the distal joints FFJ0, MFJ0, RFJ0, LFJ0 have no actuator; a limited fixed tendon
 (``robot0:T_<F>J1c``: 0.00705 J0 - 0.00805 J1 in [-0.001, 0.001]) makes each follow its
-J1, J0 ~= COUPLING_RATIO * J1, as the real hand's coupled J1/J2 tendon does.
+J1, J0 = COUPLING_RATIO * J1 +- 0.14 rad of slack, as the real hand's coupled J1/J2 tendon does.
 """
 
 from __future__ import annotations

@@ -51,7 +51,7 @@ def emulator():
     """The D'Claw's bus (nine finger servos at the default pose, the valve servo at 0.5 rad)."""
     positions = dict(zip(SERVO_IDS, DEFAULT_POSE.tolist(), strict=True))
     positions[VALVE_SERVO_ID] = 0.5
-    with DynamixelEmulator(SERVO_IDS, (VALVE_SERVO_ID,), positions=positions) as emu:
+    with DynamixelEmulator(SERVO_IDS, (VALVE_SERVO_ID,), positions=positions, rt_priority=60) as emu:
         yield emu
 
 

@@ -68,7 +68,7 @@ def test_kill_9_keeps_every_flushed_step(exported_policy, tmp_path):
     run completed up to about the kill, reads back; replay works on the killed file."""
     path = tmp_path / "killed.h5"
     cmd = [sys.executable, "-m", "deploy.run", "--policy", str(exported_policy), "--log", str(path),
-           "--episode-steps", "400", "--control-dt", "0.02", "--rt-priority", "0"]
+           "--episode-steps", "400", "--control-dt", "0.02"]
     proc = subprocess.Popen(cmd, cwd=REPO, env={**os.environ, "PYTHONPATH": str(REPO)},
                             stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
     try:

@@ -23,17 +23,25 @@ from toolkit.obs_layout import ObsLayout
 
 
 def test_loop_paces_50hz(exported_policy, task):
-    """Loose bounds (a loaded 2-core CI machine, no real-time priority); tight numbers come from
-    benchmarks/deploy_jitter.py."""
+    """Loose bounds, for a loaded 2-core CI machine; tight numbers: benchmarks/deploy_jitter.py.
+
+    Real-time priority is asked for as deploy.run does (it falls back, with a warning, where it
+    is not permitted). The period statistics are trimmed of the 5 % extremes: one scheduler
+    stall of another process's making must not fail the test, a systematic error must.
+    """
     backend = SimBackend(task, 0.02)
     backend.open()
-    runner = Runner(load_policy(exported_policy), backend, RunnerConfig(episode_steps=75, control_dt=0.02))
+    runner = Runner(load_policy(exported_policy), backend,
+                    RunnerConfig(episode_steps=75, control_dt=0.02, rt_priority=50, max_overruns=75))
     (result,) = runner.run()
-    stats = result.summary(0.02)
+    period = np.sort(result.timing["period"][1:])
+    trimmed = period[len(period) // 20: -(len(period) // 20)]
     assert result.steps == 75
-    assert abs(stats["period_mean_ms"] - 20.0) <= 0.4  # within 2 % of the target period
-    assert stats["jitter_p99_ms"] < 10.0 and result.overruns <= 2
-    assert np.isfinite(result.timing["policy_latency"]).all() and stats["policy_mean_ms"] < 10
+    assert abs(trimmed.mean() - 0.02) <= 0.02 * 0.02  # mean period within 2 % of the target
+    assert np.median(np.abs(period - 0.02)) < 1e-3  # typical jitter below 1 ms
+    assert result.overruns <= 3
+    assert np.all(result.timing["lateness"] >= 0)  # never early: absolute deadlines, spin to the end
+    assert np.median(result.timing["policy_latency"]) < 0.01
 
 
 class RecordingSim(SimBackend):

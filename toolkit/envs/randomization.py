@@ -49,7 +49,8 @@ class DomainRandomizer:
         if len(self._object_geoms):
             names += ["geom_size", "geom_pos", "geom_rbound", "geom_aabb"]
         self._fields = {name: sim.model_field(name) for name in names}
-        self._nominal = {name: field[0].clone() for name, field in self._fields.items()}
+        # float64 copies: the sim's fields may be float32 (mujoco_warp); values are computed in float64.
+        self._nominal = {name: field[0].to(torch.float64, copy=True) for name, field in self._fields.items()}
 
         f64 = dict(dtype=torch.float64, device=device)
         self.values: dict[str, torch.Tensor] = {
@@ -84,24 +85,29 @@ class DomainRandomizer:
         self._apply(ids)
 
     def _apply(self, ids: torch.Tensor) -> None:
-        f, nom, v = self._fields, self._nominal, self.values
+        nom, v = self._nominal, self.values
         rows = ids[:, None]
-        f["dof_damping"][rows, self._robot_dofs] = nom["dof_damping"][self._robot_dofs] * v["joint_damping"][ids]
+
+        def put(name, index, value):  # torch's index_put needs the field's dtype (float32 on mujoco_warp)
+            self._fields[name][index] = value.to(self._fields[name].dtype)
+
+        put("dof_damping", (rows, self._robot_dofs), nom["dof_damping"][self._robot_dofs] * v["joint_damping"][ids])
         kp = nom["actuator_gainprm"][self._actuators, 0] * v["actuator_gain"][ids]
-        f["actuator_gainprm"][rows, self._actuators, 0] = kp
+        put("actuator_gainprm", (rows, self._actuators, 0), kp)
         # Position actuators: bias = -kp * q (biasprm[1]); keep the pair consistent.
-        f["actuator_biasprm"][rows, self._actuators, 1] = -kp
+        put("actuator_biasprm", (rows, self._actuators, 1), -kp)
         friction = nom["geom_friction"][self._friction_geoms, 0] * v["friction"][ids]
-        f["geom_friction"][rows, self._friction_geoms, 0] = friction
-        f["body_mass"][rows, self._mass_bodies] = nom["body_mass"][self._mass_bodies] * v["mass"][ids]
-        f["body_inertia"][rows, self._mass_bodies] = nom["body_inertia"][self._mass_bodies] * v["mass"][ids][..., None]
+        put("geom_friction", (rows, self._friction_geoms, 0), friction)
+        put("body_mass", (rows, self._mass_bodies), nom["body_mass"][self._mass_bodies] * v["mass"][ids])
+        put("body_inertia", (rows, self._mass_bodies),
+            nom["body_inertia"][self._mass_bodies] * v["mass"][ids][..., None])
         if len(self._object_geoms):
             scale = v["object_scale"][ids]
             for name in ("geom_size", "geom_pos", "geom_rbound", "geom_aabb"):
                 nominal = nom[name][self._object_geoms]
                 s = scale if nominal.ndim == 1 else scale[..., None]
-                f[name][rows, self._object_geoms] = nominal * s
-        f["opt.gravity"][ids] = v["gravity"][ids]
+                put(name, (rows, self._object_geoms), nominal * s)
+        put("opt.gravity", ids, v["gravity"][ids])
         self.sim.model_changed(ids)
 
     def push(self, rand) -> None:

@@ -161,7 +161,7 @@ class VecEnv(VectorEnv):
             applied, self._pending_action = torch.where(late, self._pending_action, applied), applied
         self.joint_targets = relative_joint_target(self.joint_targets, applied, self.action_scale,
                                                    self.joint_low, self.joint_high)
-        sim.ctrl[:, self._actuators] = self.joint_targets
+        sim.ctrl[:, self._actuators] = self.joint_targets.to(sim.ctrl.dtype)
         if self.dr is not None:
             self.dr.push(self.rand)
         sim.step(self.substeps)
@@ -297,7 +297,7 @@ class VecEnv(VectorEnv):
                 self.task_state[name][ids] = value
         sim.xfrc_applied[ids] = 0.0
         sim.forward(ids)
-        self.joint_targets[ids] = sim.ctrl[ids][:, self._actuators]
+        self.joint_targets[ids] = sim.ctrl[ids][:, self._actuators].to(self.joint_targets.dtype)
         self.last_action[ids] = 0.0
         self._pending_action[ids] = 0.0
         self.episode_step[ids] = 0

@@ -45,14 +45,18 @@ def make_normalizers(cfg: PQLConfig, dims: Dims) -> tuple[RunningNorm, RunningNo
     return obs_norm, critic_norm
 
 
-def make_shared_state(cfg: PQLConfig, dims: Dims) -> SharedState:
+def make_shared_state(cfg: PQLConfig, dims: Dims, share: bool = True, replay: bool = True) -> SharedState:
+    """Counters, weight boards and (``replay``) the replay ring sized for ``cfg`` and ``dims``.
+
+    ``share``: in shared memory for role processes; False for one process's private copy
+    (a Ray actor's). ``replay=False`` leaves the ring out where nobody samples it.
+    """
     actor, critic = make_actor(cfg, dims), make_critic(cfg, dims)
     obs_norm, critic_norm = make_normalizers(cfg, dims)
-    replay = SharedReplay(cfg.replay_size, dims.obs, dims.action, dims.critic_obs if dims.asymmetric else None)
-    return SharedState(replay, ParamBoard.for_tensors(module_tensors(actor)),
-                       ParamBoard.for_tensors(module_tensors(critic)),
-                       ParamBoard.for_tensors(module_tensors(obs_norm)),
-                       ParamBoard.for_tensors(module_tensors(critic_norm)))
+    ring = SharedReplay(cfg.replay_size, dims.obs, dims.action, dims.critic_obs if dims.asymmetric else None,
+                        share) if replay else None
+    return SharedState(ring, *(ParamBoard.for_tensors(module_tensors(m), share)
+                               for m in (actor, critic, obs_norm, critic_norm)), share=share)
 
 
 class NormalizerReader:

@@ -2,7 +2,9 @@
 
 Everything lives in shared-memory torch tensors created by the trainer before the role
 processes start (``share_memory_()``), so roles exchange data without pickling per step.
-Each counter has exactly one writer; readers see whole int64 values.
+Each counter has exactly one writer; readers see whole int64 values. With ``share=False``
+the same objects are private to one process: the Ray launcher gives each Ray actor its own
+copy and keeps the copies in step through a coordinator (toolkit.pql.ray_launcher).
 """
 
 from __future__ import annotations
@@ -36,6 +38,12 @@ class C(IntEnum):
 NUM_COUNTERS = len(C)
 
 
+def _zeros(shape: tuple[int, ...], dtype: torch.dtype, share: bool) -> torch.Tensor:
+    """A zero tensor, in shared memory when ``share`` (visible to spawned role processes)."""
+    tensor = torch.zeros(shape, dtype=dtype)
+    return tensor.share_memory_() if share else tensor
+
+
 class ParamBoard:
     """Weights (or buffers) published by one writer, read by others: a seqlock.
 
@@ -43,13 +51,13 @@ class ParamBoard:
     version is odd or changed during its copy, so it never sees a half-written vector.
     """
 
-    def __init__(self, numel: int) -> None:
-        self.data = torch.zeros(numel, dtype=torch.float32).share_memory_()
-        self.version = torch.zeros(1, dtype=torch.int64).share_memory_()
+    def __init__(self, numel: int, share: bool = True) -> None:
+        self.data = _zeros((numel,), torch.float32, share)
+        self.version = _zeros((1,), torch.int64, share)
 
     @classmethod
-    def for_tensors(cls, tensors: Iterable[torch.Tensor]) -> ParamBoard:
-        return cls(sum(t.numel() for t in tensors))
+    def for_tensors(cls, tensors: Iterable[torch.Tensor], share: bool = True) -> ParamBoard:
+        return cls(sum(t.numel() for t in tensors), share)
 
     def publish(self, tensors: Iterable[torch.Tensor]) -> None:
         version = int(self.version[0])
@@ -96,9 +104,10 @@ class SharedReplay:
     among the first ``size`` rows.
     """
 
-    def __init__(self, capacity: int, obs_dim: int, action_dim: int, critic_obs_dim: int | None) -> None:
+    def __init__(self, capacity: int, obs_dim: int, action_dim: int, critic_obs_dim: int | None,
+                 share: bool = True) -> None:
         def shared(*shape):
-            return torch.zeros(shape, dtype=torch.float32).share_memory_()
+            return _zeros(shape, torch.float32, share)
 
         self.capacity = capacity
         self.obs = shared(capacity, obs_dim)
@@ -132,15 +141,18 @@ class SharedReplay:
 
 
 class SharedState:
-    """Everything the roles share; built by the trainer, handed to each role process."""
+    """Everything the roles share; built by the trainer, handed to each role process.
 
-    def __init__(self, replay: SharedReplay, actor_board: ParamBoard, critic_board: ParamBoard,
-                 obs_norm_board: ParamBoard, critic_obs_norm_board: ParamBoard) -> None:
-        self.counters = torch.zeros(NUM_COUNTERS, dtype=torch.int64).share_memory_()
+    ``replay`` may be None where no role samples it (the trainer of a Ray run).
+    """
+
+    def __init__(self, replay: SharedReplay | None, actor_board: ParamBoard, critic_board: ParamBoard,
+                 obs_norm_board: ParamBoard, critic_obs_norm_board: ParamBoard, share: bool = True) -> None:
+        self.counters = _zeros((NUM_COUNTERS,), torch.int64, share)
         # Actor's cumulative episode statistics: [return sum, success sum, length sum, count].
-        self.episode_stats = torch.zeros(4, dtype=torch.float64).share_memory_()
+        self.episode_stats = _zeros((4,), torch.float64, share)
         # Last critic and actor losses, written by the learners.
-        self.losses = torch.full((2,), float("nan"), dtype=torch.float64).share_memory_()
+        self.losses = _zeros((2,), torch.float64, share).fill_(float("nan"))
         self.replay = replay
         self.actor_board = actor_board
         self.critic_board = critic_board

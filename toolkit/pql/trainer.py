@@ -22,6 +22,7 @@ import queue
 import signal
 import time
 import traceback
+from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
@@ -145,12 +146,23 @@ def build_role(name: str, cfg: TrainConfig, dims: Dims, shared: SharedState, sta
     return PLearner(cfg.pql, dims, shared, seed, state)
 
 
-class RoleLoop:
-    """Runs one role under the ratio gates, serving pause (checkpoint) requests."""
+def _nap(worked: bool) -> None:
+    """RoleLoop's wait in shared memory: the other roles' counters are live, so just yield."""
+    if not worked:
+        time.sleep(0.0002)
 
-    def __init__(self, name: str, role, shared: SharedState, gate: RatioGate, v_start: int, p_start: int) -> None:
+
+class RoleLoop:
+    """Runs one role under the ratio gates, serving pause (checkpoint) requests.
+
+    ``poll(worked)`` runs after every attempt at work and while paused; it is where a
+    placement whose counters are not shared memory (Ray) exchanges them with the others.
+    """
+
+    def __init__(self, name: str, role, shared: SharedState, gate: RatioGate, v_start: int, p_start: int,
+                 poll: Callable[[bool], None] = _nap) -> None:
         self.name, self.role, self.shared, self.gate = name, role, shared, gate
-        self.v_start, self.p_start = v_start, p_start
+        self.v_start, self.p_start, self.poll = v_start, p_start, poll
         self._served_pause = 0
         self._may = {"Actor": gate.actor_may_step, "V-learner": gate.v_may_update, "P-learner": gate.p_may_update}[name]
         self._work = role.step if name == "Actor" else role.update
@@ -171,7 +183,7 @@ class RoleLoop:
         self._served_pause = request
         self.shared.counters[_PAUSED[self.name]] = request
         while int(self.shared.counters[C.PAUSE]) == request and not int(self.shared.counters[C.STOP]):
-            time.sleep(0.001)
+            self.poll(False)
 
     def run(self, state_queue) -> None:
         counters = self.shared.counters
@@ -180,8 +192,7 @@ class RoleLoop:
             if request:
                 self.serve_pause(request, state_queue)
                 continue
-            if not self.try_work():
-                time.sleep(0.0002)
+            self.poll(self.try_work())
 
 
 def _role_process(name: str, cfg: TrainConfig, dims: Dims, shared: SharedState, state: dict | None,
@@ -209,7 +220,8 @@ class Trainer:
         self.dims = _dims(self.task)
         self.gate = RatioGate(cfg.pql.critic_updates_per_actor_step, cfg.pql.critic_updates_per_policy_update,
                               cfg.pql.ratio_slack, cfg.pql.batch_size)
-        self.shared = make_shared_state(cfg.pql, self.dims)
+        # A Ray run's learners keep their own rings: none here.
+        self.shared = make_shared_state(cfg.pql, self.dims, replay=cfg.distributed != "ray")
         self.v_start, self.p_start = _restore_counters(self.shared, checkpoint)
         self.role_states = _initial_role_states(cfg, self.dims, checkpoint)
         self.prior_wall_time = float(checkpoint["counters"].get("wall_time_s", 0.0)) if checkpoint else 0.0

@@ -13,10 +13,13 @@ Differences from the C engine that callers see:
   done by splitting each physics step into ``step2`` (actuation, acceleration, integration)
   then ``step1`` (position and velocity stages of the new state): the same work as
   ``mujoco_warp.step``, with the kinematics left current at the end instead of the start.
-* :meth:`forward`, :meth:`reset` and :meth:`model_changed` take env ids like the C backend
-  but :meth:`forward` and :meth:`model_changed` recompute every world: mujoco-warp's stage
-  functions have no world mask. That is harmless (a world whose state and model did not
-  change recomputes the same values) and costs one batched stage call.
+* :meth:`forward`, :meth:`reset` and :meth:`model_changed` take env ids like the C backend.
+  :meth:`reset` passes them to ``mujoco_warp.reset_data`` as a world mask; :meth:`forward`
+  (``step1``) and :meth:`model_changed` (``set_const``) recompute every world, as those
+  functions have no world mask. That is harmless (a world whose state and model did not change
+  recomputes the same values) and costs one batched call.
+* :meth:`diverged` reports worlds that dropped constraint rows (njmax overflow); mujoco-warp
+  does not reset unstable worlds itself as the C engine does.
 * Per-env model fields: mujoco-warp model arrays whose field spec starts with ``"*"`` are
   indexed ``worldid % array.shape[0]`` by every kernel, so a (1, ...) array is shared by all
   worlds and a (nworld, ...) array holds per-world values. :meth:`model_field` swaps the
@@ -39,7 +42,6 @@ import mujoco_warp as mjw
 import numpy as np
 import torch
 import warp as wp
-from mujoco_warp._src import types as mjw_types
 
 #: Model fields mujoco_warp's ``set_const`` writes (groups FIXED, KIN0, INERT0). Each kernel there
 #: runs over the leading dimension of its *output*, so once an input (body_mass, geom_size, ...)
@@ -56,9 +58,9 @@ _SET_CONST_OUTPUTS = (
 #: worlds, so they cannot single out a world: mujoco_warp prints them, and :meth:`overflow` has them.
 _LOST_ROWS = int(mjw.OverflowType.NEFC | mjw.OverflowType.NJMAX_NNZ | mjw.OverflowType.NVMAX)
 
-_MODEL_SPECS = {f.name: f.type for f in dataclasses.fields(mjw_types.Model)}
-_OPTION_SPECS = {f.name: f.type for f in dataclasses.fields(mjw_types.Option)}
-_DATA_SPECS = {f.name: f.type for f in dataclasses.fields(mjw_types.Data)}
+_MODEL_SPECS = {f.name: f.type for f in dataclasses.fields(mjw.Model)}
+_OPTION_SPECS = {f.name: f.type for f in dataclasses.fields(mjw.Option)}
+_DATA_SPECS = {f.name: f.type for f in dataclasses.fields(mjw.Data)}
 
 
 class MujocoWarpSim:
