@@ -22,15 +22,18 @@ Layout (``T`` = steps written, ``O``/``A``/``J`` = obs/action/joint sizes)::
 Crash safety: every object is created (and the fixed datasets' storage allocated) before the
 first step, then the file switches to SWMR mode (``libver='latest'``, ``swmr_mode=True``);
 afterwards the writer only appends rows to chunked, resizable datasets and fills pre-created
-fixed ones, and flushes the file after each batch it takes from its queue (one step when it
-keeps up, which it does by a wide margin). Nothing is ever rewritten, so a ``kill -9`` loses at
+fixed ones, and flushes the file after each batch it receives (one step when it keeps up,
+which it does by a wide margin). Nothing is ever rewritten, so a ``kill -9`` loses at
 most the step being written, and a reader (``h5py.File(path, 'r', swmr=True)``, see
 :class:`LogReader`) can follow the file while it grows.
 
-Writes happen on a background thread fed by a queue: the control loop only enqueues numpy
-arrays. h5py holds the GIL in every call, so the writer uses the low-level API (about 75 us of
-CPU per dataset and step) and runs right after each step, while the loop sleeps; given a
-real-time priority one below the loop's it is not preempted while holding the GIL.
+Writes happen in a writer process (:class:`LogWriter` starts it): the control loop only puts
+numpy arrays on a queue, a sender thread pickles them into a pipe. Not a writer thread: h5py
+holds the GIL in every call, and an HDF5 flush that waits for a busy disk (10-100 ms measured on
+a loaded machine) would hold the control loop's interpreter with it. In its own process the
+writer can stall without the loop noticing, and when the control process dies (even by
+``kill -9``) the writer still writes what it received and closes the file. The writer uses
+h5py's low-level API (about 75 us of CPU per dataset and step).
 """
 
 from __future__ import annotations
@@ -38,7 +41,11 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import pickle
 import queue
+import signal
+import subprocess
+import sys
 import threading
 from dataclasses import dataclass
 from datetime import datetime, timezone
@@ -71,7 +78,12 @@ def _attr_value(value):
 
 
 class LogWriter:
-    """Writes a session log through a background thread (see the module docstring).
+    """Writes a session log through a writer process (see the module docstring).
+
+    The constructor starts the writer (``python -c`` importing this module only: numpy and
+    h5py), which creates every object and switches to SWMR before it reports ready; errors
+    there (unwritable directory, ...) raise :class:`LogError` here. Afterwards
+    :meth:`append`/:meth:`set` only enqueue; a sender thread pickles and pipes the items.
 
     Args:
         path: the .h5 file to create.
@@ -80,9 +92,9 @@ class LogWriter:
         episode_fields: fixed per-episode datasets under ``reset/`` (NaN until written).
         attrs: root attributes (non-scalar values are stored as JSON).
         overwrite: replace an existing file instead of refusing.
-        rt_priority: SCHED_FIFO priority of the writer thread (0: normal). Give it one below the
-            control loop's: the writer then flushes each step as soon as the loop sleeps, even on
-            a loaded machine, and never preempts the loop. Silently normal if not permitted.
+        rt_priority: SCHED_FIFO priority of the writer process (0: normal; silently normal where
+            not permitted). One below the control loop's makes it flush each step promptly on a
+            loaded machine without ever preempting the loop.
     """
 
     def __init__(self, path: str | Path, episodes: int, step_fields: dict[str, Field],
@@ -94,28 +106,36 @@ class LogWriter:
         if episodes < 1:
             raise ValueError(f"episodes must be >= 1, got {episodes}")
         self.step_fields = dict(step_fields)
+        self.error: str | None = None
         self._queue: queue.SimpleQueue = queue.SimpleQueue()
-        self._datasets: dict[tuple[int, str], list] = {}  # writer side: [dataset id, row shape, dtype, rows]
-        self.error: BaseException | None = None
-        self._file = h5py.File(self.path, "w", libver="latest")
+        root = str(Path(__file__).resolve().parents[1])
+        self._process = subprocess.Popen(
+            [sys.executable, "-c", f"import sys; sys.path.insert(0, {root!r}); import deploy.log as m; m._writer_main()"],
+            stdin=subprocess.PIPE, stdout=subprocess.PIPE)
+        spec = {"path": str(self.path), "episodes": episodes, "attrs": {k: _attr_value(v) for k, v in attrs.items()},
+                "step_fields": self.step_fields, "episode_fields": dict(episode_fields), "rt_priority": rt_priority}
         try:
-            self._create(episodes, episode_fields, attrs)
-            self._file.swmr_mode = True  # from here on: appends and fills only
-        except BaseException:
-            self._file.close()
-            raise
-        self.rt_priority = rt_priority
-        self._thread = threading.Thread(target=self._run, name="hdf5-log-writer", daemon=True)
-        self._thread.start()
+            _send(self._process.stdin.fileno(), spec)
+        except OSError:
+            pass  # the writer died at start: its report below says why
+        ready = self._process.stdout.readline().decode().rstrip("\n")
+        if ready != "ready":
+            self._process.kill()
+            self._process.wait()
+            raise LogError(f"cannot create the log {self.path}: {ready.removeprefix('error ') or 'the writer died'}")
+        self._sender = threading.Thread(target=self._send_loop, name="log-sender", daemon=True)
+        self._listener = threading.Thread(target=self._listen, name="log-listener", daemon=True)
+        self._sender.start()
+        self._listener.start()
 
     # --- control-loop side (cheap: enqueue only) --------------------------------------
     def append(self, episode: int, values: dict[str, np.ndarray]) -> None:
         """Append one row to each named per-step dataset of ``episode``."""
-        self._put(("append", episode, values))
+        self._queue.put(("append", episode, values))
 
     def set(self, episode: int, values: dict[str, np.ndarray]) -> None:
         """Fill fixed datasets of ``episode`` (``reset/...`` and ``outcome/...`` paths)."""
-        self._put(("set", episode, values))
+        self._queue.put(("set", episode, values))
 
     def end_episode(self, episode: int, status: int, message: str, steps: int, success: bool | None,
                     episode_return: float) -> None:
@@ -128,42 +148,140 @@ class LogWriter:
         })
 
     def check(self) -> None:
-        """Raise :class:`LogError` if the writer thread failed (called once per step)."""
+        """Raise :class:`LogError` if the writer failed (called once per step: a field read)."""
         if self.error is not None:
-            raise LogError(f"writing the log {self.path} failed: {self.error!r}; the run was stopped "
+            raise LogError(f"writing the log {self.path} failed: {self.error}; the run was stopped "
                            "rather than continued unlogged (check disk space and permissions)")
 
-    def close(self) -> None:
-        """Write what is queued, stop the thread and close the file; raises :class:`LogError` on failure."""
-        if self._thread.is_alive():
-            self._queue.put(("close",))
-            self._thread.join()
-        if self._file.id.valid:
-            self._file.close()
+    def close(self, timeout: float = 60.0) -> None:
+        """Send what is queued, let the writer finish and close the file; raises :class:`LogError`."""
+        if self._sender.is_alive():
+            self._queue.put(None)
+            self._sender.join(timeout)
+        try:
+            self._process.wait(timeout)
+        except subprocess.TimeoutExpired:
+            self._process.kill()
+            self._process.wait()
+            self.error = self.error or f"the writer did not finish within {timeout:g} s and was killed"
+        self._listener.join(timeout)
+        if self._process.returncode not in (0, None) and self.error is None:
+            self.error = f"the writer exited with status {self._process.returncode}"
         self.check()
 
-    def _put(self, item) -> None:
-        if self.error is None:
-            self._queue.put(item)
+    # --- parent-side threads ------------------------------------------------------------
+    def _send_loop(self) -> None:
+        fd = self._process.stdin.fileno()
+        while True:
+            item = self._queue.get()
+            if item is None:
+                break
+            try:
+                _send(fd, item)  # blocks this thread only (pipe full: the writer is behind)
+            except OSError as error:
+                self.error = self.error or f"the writer process is gone ({error})"
+                break
+        self._process.stdin.close()  # EOF: the writer finishes and closes the file
 
-    # --- writer side ------------------------------------------------------------------
-    def _create(self, episodes: int, episode_fields: dict[str, Field], attrs: dict) -> None:
-        f = self._file
+    def _listen(self) -> None:
+        for line in self._process.stdout:
+            text = line.decode(errors="replace").rstrip("\n")
+            if text.startswith("error "):
+                self.error = text.removeprefix("error ")
+
+
+def _send(fd: int, item) -> None:
+    data = pickle.dumps(item, protocol=pickle.HIGHEST_PROTOCOL)
+    view = memoryview(len(data).to_bytes(8, "little") + data)
+    while view:
+        view = view[os.write(fd, view):]
+
+
+# --- the writer process -------------------------------------------------------------------
+def _writer_main() -> None:
+    """Entry point of the writer process: frames on stdin, 'ready'/'error ...' lines on stdout.
+
+    Ctrl-C and a closed terminal reach the whole process group: the writer ignores them and ends
+    when the control process closes the pipe (normally, or by dying: even after a kill -9 of the
+    control process it writes every item it received and closes the file cleanly).
+    """
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    signal.signal(signal.SIGHUP, signal.SIG_IGN)
+    out = sys.stdout
+    frames = _frames(sys.stdin.fileno())
+    try:
+        spec = next(frames)[0]
+        if spec["rt_priority"] > 0 and hasattr(os, "sched_setscheduler"):
+            with contextlib.suppress(OSError):
+                os.sched_setscheduler(0, os.SCHED_FIFO, os.sched_param(spec["rt_priority"]))
+        writer = _FileWriter(**{k: v for k, v in spec.items() if k != "rt_priority"})
+    except BaseException as error:  # noqa: BLE001 - reported to the parent
+        out.write(f"error {error}\n")
+        out.flush()
+        return
+    out.write("ready\n")
+    out.flush()
+    try:
+        for batch in frames:
+            writer.write(batch)
+    except BaseException as error:  # noqa: BLE001 - reported to the parent
+        out.write(f"error {type(error).__name__}: {error}\n")
+        out.flush()
+    finally:
+        writer.close()
+
+
+def _frames(fd: int):
+    """Yield lists of the items that have arrived (one flush per list); ends at EOF."""
+    buffer = bytearray()
+    while True:
+        data = os.read(fd, 1 << 20)
+        if not data:
+            return
+        buffer.extend(data)
+        items = []
+        while len(buffer) >= 8:
+            size = int.from_bytes(buffer[:8], "little")
+            if len(buffer) < 8 + size:
+                break
+            items.append(pickle.loads(buffer[8:8 + size]))
+            del buffer[:8 + size]
+        if items:
+            yield items
+
+
+class _FileWriter:
+    """The HDF5 side: creates every object, switches to SWMR, then appends and fills."""
+
+    def __init__(self, path: str, episodes: int, step_fields: dict[str, Field], episode_fields: dict[str, Field],
+                 attrs: dict) -> None:
+        self.file = h5py.File(path, "w", libver="latest")
+        self.datasets: dict[tuple[int, str], list] = {}  # [dataset id, row shape, dtype, rows]
+        try:
+            self._create(episodes, step_fields, episode_fields, attrs)
+            self.file.swmr_mode = True  # from here on: appends and fills only
+        except BaseException:
+            self.file.close()
+            raise
+
+    def _create(self, episodes: int, step_fields: dict[str, Field], episode_fields: dict[str, Field],
+                attrs: dict) -> None:
+        f = self.file
         f.attrs["format"] = FORMAT
         f.attrs["format_version"] = FORMAT_VERSION
         f.attrs["created"] = datetime.now(timezone.utc).isoformat()
         f.attrs["episodes"] = episodes
-        f.attrs["step_datasets"] = json.dumps(sorted(self.step_fields))
+        f.attrs["step_datasets"] = json.dumps(sorted(step_fields))
         f.attrs["lagged_datasets"] = json.dumps(sorted(LAGGED))
         for key, value in attrs.items():
-            f.attrs[key] = _attr_value(value)
-        fields = {**self.step_fields, **LAGGED}
+            f.attrs[key] = value
+        fields = {**step_fields, **LAGGED}
         for n in range(episodes):
             group = f.create_group(f"episodes/{n}")
             for name, spec in fields.items():
                 group.create_dataset(name, shape=(0, *spec.shape), maxshape=(None, *spec.shape), dtype=spec.dtype,
                                      chunks=(_CHUNK_ROWS, *spec.shape))
-            if "readings/joint_pos" in self.step_fields:
+            if "readings/joint_pos" in step_fields:
                 group["joint_pos"] = group["readings/joint_pos"]  # a hard link: one dataset, two names
             for name, spec in episode_fields.items():
                 fill = np.nan if np.dtype(spec.dtype).kind == "f" else 0
@@ -174,51 +292,26 @@ class LogWriter:
                 group.create_dataset(f"outcome/{name}", shape=(), dtype=dtype, fillvalue=fill)[()] = fill
         f.flush()
 
-    def _run(self) -> None:
-        if self.rt_priority > 0 and hasattr(os, "sched_setscheduler"):
-            with contextlib.suppress(OSError):  # the runner already warns when real-time is refused
-                os.sched_setscheduler(0, os.SCHED_FIFO, os.sched_param(self.rt_priority))
-        while True:
-            items = [self._queue.get()]
-            try:  # drain what is queued: one flush per batch, not per message
-                while True:
-                    items.append(self._queue.get_nowait())
-            except queue.Empty:
-                pass
-            try:
-                appends: dict[tuple[int, str], list] = {}  # rows per dataset, in order: one write each
-                closing = False
-                for item in items:
-                    if item[0] == "close":
-                        closing = True
-                        break
-                    kind, episode, values = item
-                    for name, value in values.items():
-                        if kind == "append":
-                            appends.setdefault((episode, name), []).append(value)
-                        else:  # fixed datasets (storage allocated before SWMR): raw data only
-                            self._file[f"episodes/{episode}/{name}"][()] = value
-                for key, rows in appends.items():
-                    self._append(key, rows)
-                self._file.flush()
-                if closing:
-                    self._file.close()
-                    return
-            except BaseException as error:  # noqa: BLE001 - reported to the control loop via check()
-                self.error = error
-                try:
-                    self._file.close()
-                finally:
-                    return
+    def write(self, items: list) -> None:
+        """Apply a batch of ("append"|"set", episode, values) items, then flush the file once."""
+        appends: dict[tuple[int, str], list] = {}  # rows per dataset, in order: one write each
+        for kind, episode, values in items:
+            for name, value in values.items():
+                if kind == "append":
+                    appends.setdefault((episode, name), []).append(value)
+                else:  # fixed datasets (storage allocated before SWMR): raw data only
+                    self.file[f"episodes/{episode}/{name}"][()] = value
+        for key, rows in appends.items():
+            self._append(key, rows)
+        self.file.flush()
 
     def _append(self, key: tuple[int, str], rows: list) -> None:
-        """Extend a chunked dataset by ``len(rows)`` rows and write them, with h5py's low-level
-        API: the high-level ``ds.resize(); ds[k] = v`` costs ~4x the CPU, all of it holding the
-        GIL that the control loop needs."""
-        entry = self._datasets.get(key)
+        """Extend a chunked dataset by ``len(rows)`` rows and write them (h5py's low-level API:
+        ``ds.resize(); ds[k] = v`` costs about four times the CPU)."""
+        entry = self.datasets.get(key)
         if entry is None:  # path lookups cost tens of microseconds: resolve each dataset once
-            ds = self._file[f"episodes/{key[0]}/{key[1]}"]
-            entry = self._datasets[key] = [ds.id, ds.shape[1:], ds.dtype, ds.shape[0]]
+            ds = self.file[f"episodes/{key[0]}/{key[1]}"]
+            entry = self.datasets[key] = [ds.id, ds.shape[1:], ds.dtype, ds.shape[0]]
         dsid, shape, dtype, count = entry
         block = np.ascontiguousarray(np.asarray(rows, dtype=dtype).reshape((len(rows), *shape)))
         dsid.set_extent((count + len(rows), *shape))
@@ -226,6 +319,10 @@ class LogWriter:
         space.select_hyperslab((count,) + (0,) * len(shape), block.shape)
         dsid.write(h5s.create_simple(block.shape), space, block)
         entry[3] = count + len(rows)
+
+    def close(self) -> None:
+        if self.file.id.valid:
+            self.file.close()
 
 
 # --- reading ----------------------------------------------------------------------------

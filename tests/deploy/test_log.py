@@ -3,6 +3,7 @@ errors for files that are not (complete) deployment logs."""
 
 from __future__ import annotations
 
+import contextlib
 import os
 import signal
 import subprocess
@@ -63,13 +64,16 @@ def test_writer_failure_is_reported_to_the_control_loop(tmp_path):
         LogWriter(tmp_path / "bad.h5", 1, {}, {}, {})
 
 
-def test_kill_9_keeps_every_flushed_step(exported_policy, tmp_path):
-    """SIGKILL a logging run mid-episode: every step a live SWMR reader saw, and every step the
-    run completed up to about the kill, reads back; replay works on the killed file."""
+@pytest.mark.parametrize("victims", ["all", "control"])
+def test_kill_9_keeps_every_flushed_step(victims, exported_policy, tmp_path):
+    """SIGKILL a logging run mid-episode. ``all``: the control process and the log writer die at
+    once, only the per-step SWMR flushes protect the data. ``control``: the writer outlives the
+    control process, writes what it received and closes the file. Either way every step a live
+    SWMR reader saw, and every step run up to about the kill, reads back; replay works on it."""
     path = tmp_path / "killed.h5"
     cmd = [sys.executable, "-m", "deploy.run", "--policy", str(exported_policy), "--log", str(path),
            "--episode-steps", "400", "--control-dt", "0.02"]
-    proc = subprocess.Popen(cmd, cwd=REPO, env={**os.environ, "PYTHONPATH": str(REPO)},
+    proc = subprocess.Popen(cmd, cwd=REPO, env={**os.environ, "PYTHONPATH": str(REPO)}, start_new_session=True,
                             stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
     try:
         seen, deadline = 0, time.monotonic() + 60
@@ -83,13 +87,25 @@ def test_kill_9_keeps_every_flushed_step(exported_policy, tmp_path):
                 except (LogFormatError, KeyError, OSError):
                     pass  # caught between file creation and the switch to SWMR
             time.sleep(0.05)
-        os.kill(proc.pid, signal.SIGKILL)
+        if victims == "all":
+            os.killpg(proc.pid, signal.SIGKILL)
+        else:
+            os.kill(proc.pid, signal.SIGKILL)
         killed_at = time.time()
         proc.wait(timeout=10)
     finally:
-        if proc.poll() is None:
-            proc.kill()
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(proc.pid, signal.SIGKILL)
     assert proc.returncode == -signal.SIGKILL
+    if victims == "control":  # the orphaned writer finishes: the file ends up cleanly closed
+        deadline = time.monotonic() + 20
+        while True:
+            try:
+                h5py.File(path, "r").close()  # a non-SWMR open fails while a writer has the file
+                break
+            except OSError:
+                assert time.monotonic() < deadline, "the writer did not close the file after the kill"
+                time.sleep(0.1)
     with LogReader(path) as reader:
         created = datetime.fromisoformat(reader.attrs["created"]).timestamp()
         episode = reader.episode(0)

@@ -73,9 +73,10 @@ class MujocoWarpSim:
         nthread: ignored (the C backend's thread count), kept for :func:`toolkit.sim.make_sim`.
         graph: capture batched calls as graphs and replay them (default). ``False`` calls the
             mujoco-warp functions directly each time (for debugging; much slower).
-        nconmax, njmax: contacts and constraint rows allocated per world (mujoco-warp's
-            defaults from the model when ``None``). Worlds that need more set ``overflow``
-            (see :meth:`overflow`) and drop the excess.
+        nconmax, njmax: contacts and constraint rows allocated per world. ``None`` takes the
+            model's own ``<size nconmax/njmax>`` when it sets them (the Shadow Hand scene does:
+            mujoco-warp's guess of 64 rows is too few for it), else mujoco-warp's defaults.
+            Worlds that need more set ``overflow`` (see :meth:`overflow`) and drop the excess.
 
     State tensors (float32, on ``device``, aliasing the simulator): ``qpos`` (num_envs, nq),
     ``qvel`` (num_envs, nv), ``ctrl`` (num_envs, nu), ``mocap_pos`` (num_envs, nmocap, 3),
@@ -85,6 +86,7 @@ class MujocoWarpSim:
     def __init__(self, model: mujoco.MjModel, num_envs: int, device: str = "cpu", nthread: int = 0, *,
                  graph: bool = True, nconmax: int | None = None, njmax: int | None = None) -> None:
         del nthread  # the C engine's thread count; warp schedules its own
+        wp.config.quiet = True  # no line per kernel module loaded: the progress line stays readable
         if num_envs < 1:
             raise ValueError(f"num_envs must be >= 1, got {num_envs}")
         self.model = model
@@ -97,6 +99,10 @@ class MujocoWarpSim:
             except (NotImplementedError, ValueError) as error:
                 raise ValueError(f"mujoco_warp cannot simulate model '{self._name}': {error}. "
                                  "Use the mujoco_batch backend (C engine) for this model.") from error
+            if nconmax is None and model.nconmax > 0:
+                nconmax = int(model.nconmax)
+            if njmax is None and model.njmax > 0:
+                njmax = int(model.njmax)
             self._d = mjw.make_data(model, nworld=num_envs, nconmax=nconmax, njmax=njmax)
             # Reset mask of reset(ids): one persistent array, read by the captured reset graph.
             self._reset_mask = wp.zeros(num_envs, dtype=bool)
