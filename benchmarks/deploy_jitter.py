@@ -22,7 +22,7 @@ from __future__ import annotations
 import json
 import os
 import tempfile
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -93,7 +93,8 @@ def measure(policy_path: Path, rate: float, seconds: float, rt_priority: int, lo
         "rate_hz": rate, "rt_priority": rt_priority,
         "sched": "SCHED_FIFO" if rt_priority > 0 and fifo_available(rt_priority) else "SCHED_OTHER",
         "steps": result.steps, "period_mean_ms": round(float(period.mean()), 4),
-        "jitter_p50_ms": pct(jitter, 50), "jitter_p99_ms": pct(jitter, 99), "jitter_max_ms": round(float(jitter.max()), 4),
+        "jitter_p50_ms": pct(jitter, 50), "jitter_p99_ms": pct(jitter, 99),
+        "jitter_max_ms": round(float(jitter.max()), 4),
         "lateness_p99_ms": pct(t["lateness"] * 1e3, 99), "overruns": result.overruns,
         "policy_p50_ms": pct(t["policy_latency"] * 1e3, 50), "policy_p99_ms": pct(t["policy_latency"] * 1e3, 99),
         "read_p99_ms": pct(t["read_latency"] * 1e3, 99),
@@ -101,7 +102,7 @@ def measure(policy_path: Path, rate: float, seconds: float, rt_priority: int, lo
 
 
 def main(argv: list[str] | None = None) -> dict:
-    args = tyro.cli(Args, args=argv)
+    args = tyro.cli(Args, args=argv, prog="python -m benchmarks.deploy_jitter")
     report = {"cpus": os.cpu_count(), "loadavg": [round(x, 2) for x in os.getloadavg()]}
     with tempfile.TemporaryDirectory() as tmp:
         workdir = Path(tmp)

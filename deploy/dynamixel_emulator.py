@@ -17,6 +17,11 @@ with torque on, the position approaches the goal as a first-order system with ti
 Servos listed in ``passive_ids`` (the valve) start with torque off and stay where they are put
 (:meth:`DynamixelEmulator.set_position`).
 
+In-process use (the tests) shares the interpreter with the code under test: anything that holds
+the GIL for tens of milliseconds (a full garbage collection of a large heap) freezes the emulated
+servos past the SDK's ~35 ms reply timeout. Run it as its own process (the command line) for dry
+runs; the tests switch the collector off while it serves.
+
 Injectable faults (methods, or ``--fault KIND:ID[@SECONDS]`` on the command line):
 ``no-reply`` (the servo stops sending status packets but still obeys broadcasts),
 ``bad-crc`` (its status packets carry a wrong CRC), ``hardware-error`` (register 70 = overload,

@@ -109,9 +109,8 @@ class LogWriter:
         self.error: str | None = None
         self._queue: queue.SimpleQueue = queue.SimpleQueue()
         root = str(Path(__file__).resolve().parents[1])
-        self._process = subprocess.Popen(
-            [sys.executable, "-c", f"import sys; sys.path.insert(0, {root!r}); import deploy.log as m; m._writer_main()"],
-            stdin=subprocess.PIPE, stdout=subprocess.PIPE)
+        code = f"import sys; sys.path.insert(0, {root!r}); import deploy.log as m; m._writer_main()"
+        self._process = subprocess.Popen([sys.executable, "-c", code], stdin=subprocess.PIPE, stdout=subprocess.PIPE)
         spec = {"path": str(self.path), "episodes": episodes, "attrs": {k: _attr_value(v) for k, v in attrs.items()},
                 "step_fields": self.step_fields, "episode_fields": dict(episode_fields), "rt_priority": rt_priority}
         try:

@@ -40,7 +40,8 @@ from deploy.log import Episode, LogFormatError, LogReader
 @dataclass
 class Args:
     """Replay a logged episode in simulation: recompute observations from logged states (state) or
-    re-execute logged joint targets open loop (actions), optionally plotting the episode."""
+    re-execute logged joint targets open loop (actions), optionally plotting the episode. Exit status: 0 replayed,
+    1 state mode found observations beyond --tolerance, 2 unusable file or episode (the message says which)."""
 
     file: tyro.conf.Positional[Path]
     """HDF5 log written by `python -m deploy.run` (also while it is being written, or after a crash)."""
@@ -221,7 +222,7 @@ def run(args: Args) -> int:
 
 
 def main(argv: list[str] | None = None) -> int:
-    return run(tyro.cli(Args, args=argv))
+    return run(tyro.cli(Args, args=argv, prog="python -m deploy.replay"))
 
 
 if __name__ == "__main__":

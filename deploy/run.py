@@ -127,8 +127,9 @@ def signals_ignored():
 def format_episode(result: EpisodeResult, control_dt: float) -> str:
     s = result.summary(control_dt)
     success = {True: "yes", False: "no", None: "-"}[result.success]
-    line = (f"episode {result.index}: success {success:3s} return {result.episode_return:9.2f} steps {result.steps:4d}"
-            f" | period {s['period_mean_ms']:.2f} ms (p99 {s['period_p99_ms']:.2f}) jitter p99 {s['jitter_p99_ms']:.2f} ms"
+    line = (f"episode {result.index}: success {success:3s} return {result.episode_return:9.2f} "
+            f"steps {result.steps:4d} | period {s['period_mean_ms']:.2f} ms (p99 {s['period_p99_ms']:.2f}) "
+            f"jitter p99 {s['jitter_p99_ms']:.2f} ms"
             f" | deadline misses {s['overruns']} | policy {s['policy_mean_ms']:.2f} ms (p99 {s['policy_p99_ms']:.2f})"
             f" | read {s['read_mean_ms']:.2f} ms (p99 {s['read_p99_ms']:.2f})")
     if result.status:
@@ -165,9 +166,11 @@ def run(args: Args) -> int:
         return fail(ExitCode.USAGE, "usage", f"--episodes must be >= 1, got {args.episodes}")
     if args.log is not None:
         if args.log.exists() and not args.overwrite:
-            return fail(ExitCode.USAGE, "usage", f"log file {args.log} exists; choose another --log or pass --overwrite")
+            return fail(ExitCode.USAGE, "usage",
+                        f"log file {args.log} exists; choose another --log or pass --overwrite")
         if not os.access(args.log.parent if str(args.log.parent) else ".", os.W_OK):
-            return fail(ExitCode.LOG_FAILED, "log failed", f"cannot create {args.log}: directory not writable")
+            return fail(ExitCode.LOG_FAILED, "log failed",
+                        f"cannot create {args.log}: directory {args.log.parent} does not exist or is not writable")
     try:
         policy = load_policy(args.policy)
     except PolicyError as error:
@@ -243,7 +246,7 @@ def run(args: Args) -> int:
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = tyro.cli(Args, args=argv)
+    args = tyro.cli(Args, args=argv, prog="python -m deploy.run")
     return run(args)
 
 

@@ -291,23 +291,24 @@ class Runner:
 
     def run_episode(self, index: int) -> EpisodeResult:
         """Reset, then run one episode at control rate."""
-        backend, task, log = self.backend, self.task, self.log
-        reset = backend.reset(self.rng)
-        task_state = self._apply_overrides(reset.task_state)
-        targets = np.asarray(reset.joint_targets, dtype=np.float64).reshape(1, -1)
-        last_action = np.zeros_like(targets)
-        if log is None and self.log_factory is not None:
-            readings, _ = backend.read()
-            log = self.log = self.log_factory(self.step_fields(readings, task_state), self.episode_fields())
-        if log is not None:
-            log.set(index, {"reset/joint_targets": targets[0], **{f"reset/{k}": v for k, v in
-                                                                   reset.episode_values.items()}})
+        backend, task = self.backend, self.task
         steps, total, success, overruns, consecutive, stale = 0, 0.0, None, 0, 0, 0
         timing = {name: np.full(self.episode_steps, np.nan) for name in TIMING_FIELDS}
         pacer = Pacer(round(self.control_dt * 1e9), round(self.cfg.spin_s * 1e9), self.cfg.realtime)
-        gc.disable()  # a collection pause mid-episode would be a deadline miss; it runs after the episode
         status, message = ExitCode.OK, "completed"
         try:
+            reset = backend.reset(self.rng)  # a fault here is recorded as this episode's outcome too
+            task_state = self._apply_overrides(reset.task_state)
+            targets = np.asarray(reset.joint_targets, dtype=np.float64).reshape(1, -1)
+            last_action = np.zeros_like(targets)
+            log = self.log
+            if log is None and self.log_factory is not None:
+                readings, _ = backend.read()
+                log = self.log = self.log_factory(self.step_fields(readings, task_state), self.episode_fields())
+            if log is not None:
+                log.set(index, {"reset/joint_targets": targets[0],
+                                **{f"reset/{k}": v for k, v in reset.episode_values.items()}})
+            gc.disable()  # a collection pause mid-episode would be a deadline miss; it runs after the episode
             pacer.start()
             t0 = pacer.deadline
             previous_start = None

@@ -85,8 +85,9 @@ class Backend(ABC):
         """Which device stopped updating, for the watchdog's message ('' if unknown)."""
         return ""
 
+    @abstractmethod
     def hold(self) -> None:
-        """Stop commanding motion (keep the current pose) after a fault; default: nothing."""
+        """Stop commanding motion (keep the current pose) after a fault; must not raise."""
 
     @abstractmethod
     def close(self) -> None:

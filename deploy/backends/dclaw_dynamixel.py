@@ -44,7 +44,6 @@ from robots.dclaw.spec import SERVO_IDS, SPEC, VALVE_SERVO_ID
 from toolkit.envs.task import Task
 from toolkit.robot import RobotSpec
 
-
 #: What a lost or broken port raises inside pyserial/dynamixel_sdk (termios.error is no OSError).
 BUS_ERRORS = (serial.SerialException, OSError, termios.error)
 
@@ -240,7 +239,9 @@ class DClawBackend(Backend):
         ramp_steps = max(1, math.ceil(distance / (self.reset_speed * self.control_dt)))
         deadline = time.monotonic() + self.reset_timeout
         for step in range(1, ramp_steps + 1):
-            goal = np.clip(start + (target - start) * step / ramp_steps, robot.joint_low, robot.joint_high)
+            # Not clipped to the joint limits: a finger found outside them must come back slowly
+            # along the ramp, not jump to the nearest limit.
+            goal = start + (target - start) * step / ramp_steps
             self._send_goals(goal)
             time.sleep(self.control_dt)
             self.read()  # surfaces faults during the move

@@ -225,6 +225,9 @@ class SimBackend(Backend):
         mujoco.mj_step(self.model, self.data, nstep=self.substeps)
         settle_derived(self.model, self.data)
 
+    def hold(self) -> None:
+        """Nothing to do: the simulated robot only moves when :meth:`write` steps it."""
+
     def close(self) -> None:
         self.model = self.data = None
 

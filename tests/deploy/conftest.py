@@ -3,6 +3,8 @@ D'Claw task, and the Dynamixel bus emulator on a pty."""
 
 from __future__ import annotations
 
+import gc
+import hashlib
 from pathlib import Path
 
 import numpy as np
@@ -16,18 +18,39 @@ from robots.dclaw.spec import DEFAULT_POSE, SERVO_IDS, VALVE_SERVO_ID
 REPO = Path(__file__).resolve().parents[2]
 
 
-@pytest.fixture(scope="session")
-def exported_policy(tmp_path_factory) -> Path:
-    """An ONNX file written by the real exporter (``export.onnx``) from a trainer-format checkpoint
-    of an untrained actor with a non-trivial observation normalizer (export: ~5-9 s, once)."""
-    from export.onnx import export_policy, load_exportable
-    from tests.export.helpers import make_checkpoint
+#: What the exported test policy depends on: the cached file is reused only while none changed.
+_EXPORT_SOURCES = ("export/onnx.py", "deploy/policy.py", "toolkit/nn.py", "toolkit/normalizer.py",
+                   "toolkit/checkpoint.py", "toolkit/obs_layout.py", "toolkit/robot.py", "toolkit/__init__.py",
+                   "tests/export/helpers.py", "robots/dclaw/spec.py", "robots/dclaw/turn.py")
 
-    root = tmp_path_factory.mktemp("exported")
-    checkpoint = make_checkpoint(root / "deploy-tests")
+
+@pytest.fixture(scope="session")
+def exported_policy(request, tmp_path_factory) -> Path:
+    """An ONNX file written by the real exporter (``export.onnx``) from a trainer-format checkpoint
+    of an untrained actor with a non-trivial observation normalizer; its checkpoint lies in
+    ``<dir>/deploy-tests/``. Exporting costs ~10 s: the result is kept in pytest's cache, keyed
+    by the hash of the sources it depends on (a fresh clone, as in CI, exports once)."""
+    digest = hashlib.sha256(torch_version().encode())
+    for name in _EXPORT_SOURCES:
+        digest.update((REPO / name).read_bytes())
+    cache = getattr(request.config, "cache", None)
+    root = (cache.mkdir("deploy-exported-policy") / digest.hexdigest()[:16]) if cache else \
+        tmp_path_factory.mktemp("exported")
     path = root / "policy.onnx"
-    export_policy(load_exportable(checkpoint), path, rollout_steps=5, rollout_envs=1)
+    if not path.is_file():
+        from export.onnx import export_policy, load_exportable
+        from tests.export.helpers import make_checkpoint
+
+        root.mkdir(parents=True, exist_ok=True)
+        checkpoint = make_checkpoint(root / "deploy-tests")
+        export_policy(load_exportable(checkpoint), path, rollout_steps=5, rollout_envs=1)
     return path
+
+
+def torch_version() -> str:
+    from importlib.metadata import version
+
+    return version("torch")
 
 
 @pytest.fixture
@@ -48,11 +71,21 @@ def make_policy(tmp_path, task):
 
 @pytest.fixture
 def emulator():
-    """The D'Claw's bus (nine finger servos at the default pose, the valve servo at 0.5 rad)."""
+    """The D'Claw's bus (nine finger servos at the default pose, the valve servo at 0.5 rad).
+
+    The emulator thread shares the interpreter with the code under test: a garbage collection
+    (tens of ms with this test session's heap) would freeze the emulated servos past the SDK's
+    ~35 ms reply timeout, which real servos never do. The collector is off while it serves, and
+    its thread runs at a real-time priority where permitted (a loaded machine otherwise starves it).
+    """
     positions = dict(zip(SERVO_IDS, DEFAULT_POSE.tolist(), strict=True))
     positions[VALVE_SERVO_ID] = 0.5
-    with DynamixelEmulator(SERVO_IDS, (VALVE_SERVO_ID,), positions=positions, rt_priority=60) as emu:
-        yield emu
+    gc.disable()
+    try:
+        with DynamixelEmulator(SERVO_IDS, (VALVE_SERVO_ID,), positions=positions, rt_priority=60) as emu:
+            yield emu
+    finally:
+        gc.enable()
 
 
 def all_torque_off(emu: DynamixelEmulator) -> bool:

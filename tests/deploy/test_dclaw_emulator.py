@@ -6,7 +6,8 @@ from __future__ import annotations
 
 import os
 import signal
-import threading
+import subprocess
+import sys
 
 import numpy as np
 import pytest
@@ -16,7 +17,7 @@ from deploy.errors import ExitCode
 from deploy.log import LogReader
 from deploy.run import Args, run
 from robots.dclaw.spec import DEFAULT_POSE, SERVO_IDS, VALVE_SERVO_ID
-from tests.deploy.conftest import all_torque_off, assert_finite_rows
+from tests.deploy.conftest import REPO, all_torque_off, assert_finite_rows
 
 
 def dclaw_args(policy, emu, log=None, **overrides) -> Args:
@@ -135,3 +136,19 @@ def test_reset_moves_slowly_to_the_default_pose(make_policy, emulator):
     finally:
         backend.close()
     assert all_torque_off(emulator)
+
+
+def test_emulator_command_line_for_dry_runs(make_policy):
+    """`python -m deploy.dynamixel_emulator` prints its pty; the hardware backend runs against it."""
+    proc = subprocess.Popen([sys.executable, "-m", "deploy.dynamixel_emulator"], cwd=REPO, text=True,
+                            env={**os.environ, "PYTHONPATH": str(REPO)}, stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE)
+    try:
+        port = proc.stdout.readline().strip()
+        assert port.startswith("/dev/"), proc.stderr.read()
+        assert run(Args(policy=make_policy(), backend="dclaw", port=port, episode_steps=5, control_dt=0.05,
+                        reset_speed=3.0, rt_priority=0)) == ExitCode.OK
+    finally:
+        proc.send_signal(signal.SIGINT)
+        proc.wait(timeout=10)
+    assert proc.returncode == 0

@@ -62,6 +62,8 @@ def test_writer_failure_is_reported_to_the_control_loop(tmp_path):
         writer.close()
     with pytest.raises(FileExistsError, match="--overwrite"):
         LogWriter(tmp_path / "bad.h5", 1, {}, {}, {})
+    with pytest.raises(LogError, match="cannot create the log .*No such file or directory"):
+        LogWriter(tmp_path / "missing-dir" / "x.h5", 1, {}, {}, {})
 
 
 @pytest.mark.parametrize("victims", ["all", "control"])

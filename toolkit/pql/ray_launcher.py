@@ -368,10 +368,13 @@ def _connect(cfg: TrainConfig) -> bool:
         try:
             ray.init(address=cfg.ray_address, logging_level=logging.WARNING)
         except (ConnectionError, RuntimeError) as error:
-            raise TrainingError(f"cannot reach a Ray cluster at --ray-address {cfg.ray_address}: {error}. Start one "
-                                "with `ray start --head`, or leave --ray-address out for a local Ray") from error
+            raise TrainingError(f"cannot reach a Ray cluster at --ray-address {cfg.ray_address}: "
+                                f"{str(error).rstrip('.')}. Start one with `ray start --head` (a cluster with token "
+                                "authentication also needs RAY_AUTH_MODE=token here), or leave --ray-address out "
+                                "for a local Ray") from error
         return True
-    ray.init(num_cpus=max(len(ROLE_NAMES), os.cpu_count() or 1), include_dashboard=False,
+    # "local": a fresh instance even where `ray start` left a cluster address behind.
+    ray.init(address="local", num_cpus=max(len(ROLE_NAMES), os.cpu_count() or 1), include_dashboard=False,
              logging_level=logging.WARNING)
     return True
 
@@ -481,9 +484,10 @@ class _RayPlacement:
         self.stopping = True
         try:
             ray.get(self.coordinator.stop.remote(), timeout=10)
-            ray.wait(list(self.runs.values()), num_returns=len(self.runs), timeout=10)
+            if self.runs:
+                ray.wait(list(self.runs.values()), num_returns=len(self.runs), timeout=10)
         except (RayActorError, GetTimeoutError):
-            pass
+            pass  # a dead coordinator or a stuck role: ray.kill below ends them either way
         for handle in (*self.workers.values(), self.coordinator):
             ray.kill(handle)
 

@@ -15,11 +15,14 @@ The run directory receives config.yaml, metrics.jsonl, TensorBoard events, roles
 
 from __future__ import annotations
 
+import ctypes
 import dataclasses
 import json
 import math
+import os
 import queue
 import signal
+import sys
 import time
 import traceback
 from collections.abc import Callable
@@ -199,6 +202,7 @@ def _role_process(name: str, cfg: TrainConfig, dims: Dims, shared: SharedState, 
                   v_start: int, p_start: int, state_queue, error_queue) -> None:
     """Entry point of a role process (spawn)."""
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # the trainer handles Ctrl-C and stops us
+    _die_with_parent()
     try:
         role = build_role(name, cfg, dims, shared, state)
         gate = RatioGate(cfg.pql.critic_updates_per_actor_step, cfg.pql.critic_updates_per_policy_update,
@@ -207,6 +211,20 @@ def _role_process(name: str, cfg: TrainConfig, dims: Dims, shared: SharedState, 
     except BaseException as error:  # report every failure to the trainer, then die non-zero
         error_queue.put((name, f"{type(error).__name__}: {error}", traceback.format_exc()))
         raise SystemExit(1) from error
+
+
+def _die_with_parent() -> None:
+    """Ask Linux to SIGKILL this role if the trainer dies (kill -9, OOM): no orphaned role keeps
+    a core busy. Elsewhere the roles still stop on the trainer's STOP counter."""
+    if not sys.platform.startswith("linux"):
+        return
+    try:
+        libc = ctypes.CDLL("libc.so.6", use_errno=True)
+        libc.prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG
+    except OSError:
+        return
+    if os.getppid() == 1:  # the trainer died before prctl took effect
+        os._exit(1)
 
 
 # --- the trainer --------------------------------------------------------------------------

@@ -13,17 +13,18 @@ import pytest
 import torch
 
 from toolkit.checkpoint import list_checkpoints, load_checkpoint, load_policy
-from toolkit.config import PQLConfig
+from toolkit.config import PQLConfig, TrainConfig
+from toolkit.pql import ray_launcher
 from toolkit.pql.roles import TrainingError
 from toolkit.pql.trainer import ROLE_NAMES, train
 
 ray = pytest.importorskip("ray")
 
 
-@pytest.fixture(scope="module", autouse=True)
+@pytest.fixture(scope="module")
 def local_ray():
     """One local Ray for the module (starting it is the slow part); one logical CPU per role."""
-    ray.init(num_cpus=len(ROLE_NAMES), include_dashboard=False, logging_level="WARNING")
+    ray.init(address="local", num_cpus=len(ROLE_NAMES), include_dashboard=False, logging_level="WARNING")
     yield
     ray.shutdown()
 
@@ -43,7 +44,7 @@ def _gone(pid: int, timeout_s: float = 15.0) -> bool:
     return False
 
 
-def test_ray_run_writes_the_process_mode_outputs_and_holds_the_ratios(tiny_config, tmp_path):
+def test_ray_run_writes_the_process_mode_outputs_and_holds_the_ratios(local_ray, tiny_config, tmp_path):
     pql = PQLConfig(actor_hidden=(32, 32), critic_hidden=(32, 32), batch_size=64, replay_size=20_000,
                     warmup_steps=4, critic_updates_per_actor_step=8, critic_updates_per_policy_update=2)
     # About 60 actor steps after warm-up: the gates' slack (2 steps) is a few % of that.
@@ -78,7 +79,7 @@ def test_ray_run_writes_the_process_mode_outputs_and_holds_the_ratios(tiny_confi
     assert action.shape == (1, 9) and bool(torch.isfinite(action).all())
 
 
-def test_a_failing_role_raises_training_error_naming_it(tiny_config):
+def test_a_failing_role_raises_training_error_naming_it(local_ray, tiny_config):
     cfg = tiny_config(distributed="ray", max_time_s=120.0,
                       pql=dataclasses.replace(tiny_config().pql, reward_scale=float("inf")),
                       log=dataclasses.replace(tiny_config().log, checkpoint_interval_s=1e9))
@@ -87,7 +88,7 @@ def test_a_failing_role_raises_training_error_naming_it(tiny_config):
     assert list_checkpoints(cfg.run_dir) == []  # a failed run writes no final checkpoint
 
 
-def test_a_dead_role_actor_stops_every_role_with_training_error(tiny_config):
+def test_a_dead_role_actor_stops_every_role_with_training_error(local_ray, tiny_config):
     cfg = tiny_config(distributed="ray", max_time_s=300.0)
     roles = Path(cfg.run_dir) / "roles.json"
     pids: dict[str, int] = {}
@@ -106,3 +107,27 @@ def test_a_dead_role_actor_stops_every_role_with_training_error(tiny_config):
         train(cfg)
     killer.join()
     assert all(_gone(pid) for pid in pids.values())  # no role outlives the run
+
+
+@pytest.mark.parametrize("cluster,expected", [
+    ({"CPU": 16, "GPU": 4}, {"Actor": 0, "V-learner": 1, "P-learner": 1}),  # one GPU per learner
+    ({"CPU": 16, "GPU": 1}, {"Actor": 0, "V-learner": 0.5, "P-learner": 0.5}),  # one GPU, shared
+])
+def test_learners_on_cuda_get_a_gpu_each_or_share_one(monkeypatch, cluster, expected):
+    monkeypatch.setattr(ray, "cluster_resources", lambda: cluster)
+    resources = ray_launcher._role_resources(TrainConfig(pql=PQLConfig(learner_device="cuda")))
+    assert {name: r["num_gpus"] for name, r in resources.items()} == expected
+    assert all(r["num_cpus"] == 1 for r in resources.values())
+
+
+@pytest.mark.parametrize("cluster,message", [({"CPU": 16}, "has no GPU"), ({"CPU": 2, "GPU": 2}, "has 2 CPUs")])
+def test_a_cluster_that_cannot_hold_the_roles_is_a_clear_error(monkeypatch, cluster, message):
+    monkeypatch.setattr(ray, "cluster_resources", lambda: cluster)
+    with pytest.raises(TrainingError, match=message):
+        ray_launcher._role_resources(TrainConfig(pql=PQLConfig(learner_device="cuda")))
+
+
+def test_missing_ray_names_the_install_command(monkeypatch):
+    monkeypatch.setattr(ray_launcher, "ray", None)
+    with pytest.raises(TrainingError, match=r"pip install -e '\.\[distributed\]'"):
+        ray_launcher._connect(TrainConfig(distributed="ray"))
