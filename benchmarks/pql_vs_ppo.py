@@ -28,12 +28,15 @@ left out of its clock (``eval_time_s`` reports it); PQL evaluates in the trainer
 roles keep training, so its evaluations cost it some CPU but no pause. Training stops at the
 target, or after ``--max-time-s`` (each trainer's clock), after which one final evaluation is made.
 The two runs happen one after the other: on a shared machine, compare ``load_avg`` before/after.
+The paper's setting is a GPU; on a CPU-only machine PQL's three roles share the cores with each
+other (and PPO's update with its env stepping), so the ratio is a property of the machine as much as
+of the algorithms: quote ``machine`` with it.
 
 JSON (one line; ``--json`` prints only it): task, target_success, max_time_s, eval {...},
-pql and ppo: {time_to_target_s, env_steps_to_target (None if not reached), final_eval_success,
+pql and ppo: {time_to_target_s, env_steps_to_target (null if not reached), final_eval_success,
 best_eval_success, curve [{wall_time_s, env_steps, eval_success, eval_return}], num_envs,
 wall_time_s, env_steps, setup_s, stop_reason, load_avg_before/after, config, ...},
-ratio_ppo_over_pql (time to target, None unless both reached it), env_steps_ratio_ppo_over_pql,
+ratio_ppo_over_pql (time to target, null unless both reached it), env_steps_ratio_ppo_over_pql,
 at_best_common_success {success (the best eval success both reached), pql_time_s, ppo_time_s,
 ratio_ppo_over_pql} (informative when one misses the target), machine {cpu_count, torch, ...}.
 """

@@ -251,6 +251,7 @@ class Trainer:
         self.logger = RunLogger(self.run_dir, cfg.log.tensorboard)
         self.last_eval: dict[str, float] = {}
         self.last_checkpoint: Path | None = None
+        self.paused_counters: dict[str, int] | None = None
 
     def _publish_initial_weights(self) -> None:
         dims, pql, shared = self.dims, self.cfg.pql, self.shared
@@ -294,7 +295,7 @@ class Trainer:
             "config": to_dict(cfg),
             "obs_layout": self.task.obs_layout.to_json(),
             "critic_obs_layout": self.task.critic_obs_layout.to_json(),
-            "counters": {**self.counters(), "wall_time_s": wall_time_s},
+            "counters": {**(self.paused_counters or self.counters()), "wall_time_s": wall_time_s},
             "actor": {"hidden": list(cfg.pql.actor_hidden), "action_dim": dims.action, "state_dict": p["actor"]},
             "critic": {"hidden": list(cfg.pql.critic_hidden), "num_atoms": cfg.pql.num_atoms, "v_min": cfg.pql.v_min,
                        "v_max": cfg.pql.v_max, "state_dict": v["critic"]},
@@ -308,8 +309,11 @@ class Trainer:
         return state
 
     def save(self, role_states: dict[str, dict], wall_time_s: float) -> Path:
-        self.last_checkpoint = save_checkpoint(self.run_dir, self.checkpoint_state(role_states, wall_time_s),
-                                               self.counters()["env_steps"])
+        """Write a checkpoint of ``role_states``; its counters are those the roles had when they
+        handed their states over (``paused_counters``), else the current ones."""
+        state = self.checkpoint_state(role_states, wall_time_s)
+        self.last_checkpoint = save_checkpoint(self.run_dir, state, state["counters"]["env_steps"])
+        self.paused_counters = None
         return self.last_checkpoint
 
     def record(self, now: float, start: float, previous: dict) -> dict:
@@ -467,6 +471,7 @@ class Trainer:
                     except queue.Empty:
                         continue
                     states[name] = state
+                self.paused_counters = self.counters()  # every role is paused: these match the states
             finally:
                 if final:  # stop while paused, so the counters stay those of the checkpoint
                     counters[C.STOP] = 1
