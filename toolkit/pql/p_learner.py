@@ -5,32 +5,24 @@ from __future__ import annotations
 import torch
 
 from toolkit.config import PQLConfig
-from toolkit.pql.roles import Dims, NormalizerReader, make_actor, make_critic, optimizer_step
+from toolkit.pql.roles import Dims, Learner, make_actor, make_critic
 from toolkit.pql.shared import C, SharedState, module_tensors
 
 
-class PLearner:
+class PLearner(Learner):
     """Samples observations, updates the actor, publishes it (the policy that is exported)."""
 
-    name = "P-learner"
+    name, what, counter, loss_slot = "P-learner", "actor", C.P_UPDATES, 1
 
     def __init__(self, cfg: PQLConfig, dims: Dims, shared: SharedState, seed: int, state: dict | None = None) -> None:
-        self.cfg, self.dims, self.shared = cfg, dims, shared
-        self.device = torch.device(cfg.learner_device)
-        self.actor = make_actor(cfg, dims).to(self.device)
+        super().__init__(cfg, dims, shared, seed)
+        self.actor = self.trained = make_actor(cfg, dims).to(self.device)
         self.optimizer = torch.optim.AdamW(self.actor.parameters(), lr=cfg.actor_lr)
         self.critic = make_critic(cfg, dims).to(self.device).requires_grad_(False)  # latest published critic
-        self.norms = NormalizerReader(cfg, dims, shared)
-        self.generator = torch.Generator().manual_seed(seed)
-        self.updates = int(shared.counters[C.P_UPDATES])
-        self.last_loss = float("nan")
-        if state is not None:
-            self.load_state_dict(state)
         self._critic_tensors = module_tensors(self.critic)
         self._critic_version = -1
-        self._fields = ["obs", "critic_obs"] if dims.asymmetric else ["obs"]
-        self._loss_fn = torch.compile(self._loss) if cfg.compile else self._loss
-        self.publish()
+        self.fields = ["obs", "critic_obs"] if dims.asymmetric else ["obs"]
+        self._ready(state)
 
     def publish(self) -> None:
         self.shared.actor_board.publish(module_tensors(self.actor))
@@ -52,17 +44,3 @@ class PLearner:
         critic_obs = batch["critic_obs"] if self.dims.asymmetric else batch["obs"]
         q1, q2 = self.critic.q_values(self.norms.critic_obs(critic_obs), action)
         return -torch.min(q1, q2).mean()
-
-    def update(self) -> float:
-        """One policy update; publishes the actor and bumps the P_UPDATES counter."""
-        self.sync()
-        replay = self.shared.replay
-        idx = replay.sample_indices(self.shared.counters, self.cfg.batch_size, self.generator)
-        batch = replay.gather(idx, self._fields, self.device)
-        loss = self._loss_fn(batch)
-        self.last_loss = optimizer_step(self.optimizer, self.actor, loss, self.cfg.grad_clip, "actor", self.updates)
-        self.publish()
-        self.updates += 1
-        self.shared.counters[C.P_UPDATES] = self.updates
-        self.shared.losses[1] = self.last_loss
-        return self.last_loss

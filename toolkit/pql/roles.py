@@ -10,7 +10,7 @@ from torch import nn
 from toolkit.config import PQLConfig
 from toolkit.nn import Actor, DoubleQCritic
 from toolkit.normalizer import RunningNorm
-from toolkit.pql.shared import ParamBoard, SharedReplay, SharedState, module_tensors
+from toolkit.pql.shared import C, ParamBoard, SharedReplay, SharedState, module_tensors
 
 
 class TrainingError(RuntimeError):
@@ -93,3 +93,54 @@ def optimizer_step(optimizer: torch.optim.Optimizer, module: nn.Module, loss: to
     nn.utils.clip_grad_norm_(module.parameters(), clip)
     optimizer.step()
     return value
+
+
+class Learner:
+    """What the V- and P-learner share: one gradient step on a replay sample per ``update()``.
+
+    A subclass sets ``name``, ``counter`` (its update counter), ``loss_slot`` (index in
+    ``shared.losses``), ``fields`` (replay fields it samples), ``self.trained`` / ``self.optimizer``
+    and implements ``_loss(batch)``, ``sync()``, ``publish()``, ``state_dict()`` and
+    ``load_state_dict()``; ``after_step()`` runs after each optimizer step.
+    """
+
+    name: str
+    what: str  # named in a non-finite loss error
+    counter: C
+    loss_slot: int
+    fields: list[str]
+    trained: nn.Module
+    optimizer: torch.optim.Optimizer
+
+    def __init__(self, cfg: PQLConfig, dims: Dims, shared: SharedState, seed: int) -> None:
+        self.cfg, self.dims, self.shared = cfg, dims, shared
+        self.device = torch.device(cfg.learner_device)
+        self.norms = NormalizerReader(cfg, dims, shared)
+        self.generator = torch.Generator().manual_seed(seed)
+        self.updates = int(shared.counters[self.counter])
+        self.last_loss = float("nan")
+
+    def _ready(self, state: dict | None) -> None:
+        """Finish construction: restore ``state``, pick the (optionally compiled) loss, publish."""
+        if state is not None:
+            self.load_state_dict(state)
+        self._loss_fn = torch.compile(self._loss) if self.cfg.compile else self._loss
+        self.publish()
+
+    def after_step(self) -> None:
+        pass
+
+    def update(self) -> float:
+        """One update on a fresh sample; publishes the weights and bumps the update counter."""
+        self.sync()
+        replay = self.shared.replay
+        idx = replay.sample_indices(self.shared.counters, self.cfg.batch_size, self.generator)
+        loss = self._loss_fn(replay.gather(idx, self.fields, self.device))
+        self.last_loss = optimizer_step(self.optimizer, self.trained, loss, self.cfg.grad_clip, self.what,
+                                        self.updates)
+        self.after_step()
+        self.publish()
+        self.updates += 1
+        self.shared.counters[self.counter] = self.updates
+        self.shared.losses[self.loss_slot] = self.last_loss
+        return self.last_loss

@@ -8,7 +8,7 @@ import torch
 import torch.nn.functional as F
 
 from toolkit.config import PQLConfig
-from toolkit.pql.roles import Dims, NormalizerReader, make_actor, make_critic, optimizer_step
+from toolkit.pql.roles import Dims, Learner, make_actor, make_critic
 from toolkit.pql.shared import C, SharedState, module_tensors
 
 
@@ -34,31 +34,23 @@ def project_distribution(probs: torch.Tensor, reward: torch.Tensor, discount: to
     return projected
 
 
-class VLearner:
+class VLearner(Learner):
     """Samples the replay ring, updates the critic, publishes it and its update count."""
 
-    name = "V-learner"
+    name, what, counter, loss_slot = "V-learner", "critic", C.V_UPDATES, 0
 
     def __init__(self, cfg: PQLConfig, dims: Dims, shared: SharedState, seed: int, state: dict | None = None) -> None:
-        self.cfg, self.dims, self.shared = cfg, dims, shared
-        self.device = torch.device(cfg.learner_device)
-        self.critic = make_critic(cfg, dims).to(self.device)
+        super().__init__(cfg, dims, shared, seed)
+        self.critic = self.trained = make_critic(cfg, dims).to(self.device)
         self.critic_target = copy.deepcopy(self.critic).requires_grad_(False)
         self.optimizer = torch.optim.AdamW(self.critic.parameters(), lr=cfg.critic_lr)
         self.policy = make_actor(cfg, dims).to(self.device).requires_grad_(False)  # latest published actor
-        self.norms = NormalizerReader(cfg, dims, shared)
-        self.generator = torch.Generator().manual_seed(seed)
-        self.updates = int(shared.counters[C.V_UPDATES])
-        self.last_loss = float("nan")
-        if state is not None:
-            self.load_state_dict(state)
         self._policy_tensors = module_tensors(self.policy)
         self._policy_version = -1
-        self._fields = ["obs", "action", "reward", "discount", "next_obs"]
+        self.fields = ["obs", "action", "reward", "discount", "next_obs"]
         if dims.asymmetric:
-            self._fields += ["critic_obs", "next_critic_obs"]
-        self._loss_fn = torch.compile(self._loss) if cfg.compile else self._loss
-        self.publish()
+            self.fields += ["critic_obs", "next_critic_obs"]
+        self._ready(state)
 
     def publish(self) -> None:
         self.shared.critic_board.publish(module_tensors(self.critic))
@@ -106,22 +98,7 @@ class VLearner:
         self.norms.sync()
 
     @torch.no_grad()
-    def _soft_update(self) -> None:
-        tau = self.cfg.tau
+    def after_step(self) -> None:
+        """Soft update of the target critic."""
         for target, source in zip(self.critic_target.parameters(), self.critic.parameters(), strict=True):
-            target.lerp_(source, tau)
-
-    def update(self) -> float:
-        """One critic update; publishes the critic and bumps the V_UPDATES counter."""
-        self.sync()
-        replay = self.shared.replay
-        idx = replay.sample_indices(self.shared.counters, self.cfg.batch_size, self.generator)
-        batch = replay.gather(idx, self._fields, self.device)
-        loss = self._loss_fn(batch)
-        self.last_loss = optimizer_step(self.optimizer, self.critic, loss, self.cfg.grad_clip, "critic", self.updates)
-        self._soft_update()
-        self.publish()
-        self.updates += 1
-        self.shared.counters[C.V_UPDATES] = self.updates
-        self.shared.losses[0] = self.last_loss
-        return self.last_loss
+            target.lerp_(source, self.cfg.tau)
