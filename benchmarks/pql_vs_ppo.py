@@ -64,10 +64,8 @@ from robots import make_task
 from toolkit.config import LogConfig, PQLConfig, TrainConfig, to_dict
 from toolkit.envs.vec_env import VecEnv
 from toolkit.pql.evaluate import evaluate
-from toolkit.pql.trainer import Trainer
+from toolkit.pql.trainer import EVAL_SEED_OFFSET, Trainer
 
-#: The PQL trainer evaluates on an env seeded ``seed + 10_000`` (toolkit.pql.trainer); PPO's eval env matches.
-EVAL_SEED_OFFSET = 10_000
 ALGORITHMS = ("pql", "ppo")
 
 

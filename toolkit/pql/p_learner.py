@@ -17,7 +17,7 @@ class PLearner(Learner):
     def __init__(self, cfg: PQLConfig, dims: Dims, shared: SharedState, seed: int, state: dict | None = None) -> None:
         super().__init__(cfg, dims, shared, seed)
         self.actor = self.trained = make_actor(cfg, dims).to(self.device)
-        self.optimizer = torch.optim.AdamW(self.actor.parameters(), lr=cfg.actor_lr)
+        self.optimizer = torch.optim.AdamW(self.actor.parameters(), lr=cfg.actor_lr, foreach=True)
         self.critic = make_critic(cfg, dims).to(self.device).requires_grad_(False)  # latest published critic
         self._critic_tensors = module_tensors(self.critic)
         self._critic_version = -1

@@ -90,7 +90,7 @@ def optimizer_step(optimizer: torch.optim.Optimizer, module: nn.Module, loss: to
                                  "checkpoint is kept). Lower the learning rate or the reward scale.")
     optimizer.zero_grad(set_to_none=True)
     loss.backward()
-    nn.utils.clip_grad_norm_(module.parameters(), clip)
+    nn.utils.clip_grad_norm_(module.parameters(), clip, foreach=True)
     optimizer.step()
     return value
 

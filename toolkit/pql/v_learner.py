@@ -43,7 +43,8 @@ class VLearner(Learner):
         super().__init__(cfg, dims, shared, seed)
         self.critic = self.trained = make_critic(cfg, dims).to(self.device)
         self.critic_target = copy.deepcopy(self.critic).requires_grad_(False)
-        self.optimizer = torch.optim.AdamW(self.critic.parameters(), lr=cfg.critic_lr)
+        self._params, self._target_params = list(self.critic.parameters()), list(self.critic_target.parameters())
+        self.optimizer = torch.optim.AdamW(self.critic.parameters(), lr=cfg.critic_lr, foreach=True)
         self.policy = make_actor(cfg, dims).to(self.device).requires_grad_(False)  # latest published actor
         self._policy_tensors = module_tensors(self.policy)
         self._policy_version = -1
@@ -100,5 +101,4 @@ class VLearner(Learner):
     @torch.no_grad()
     def after_step(self) -> None:
         """Soft update of the target critic."""
-        for target, source in zip(self.critic_target.parameters(), self.critic.parameters(), strict=True):
-            target.lerp_(source, self.cfg.tau)
+        torch._foreach_lerp_(self._target_params, self._params, self.cfg.tau)

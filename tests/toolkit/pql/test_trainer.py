@@ -44,6 +44,9 @@ def test_checkpoint_then_resume_restores_weights_counters_and_optimizers(tiny_co
     actor = build_role("Actor", resumed.cfg, resumed.dims, resumed.shared, resumed.role_states["Actor"])
     torch.testing.assert_close(actor.obs_norm.mean, checkpoint["obs_normalizer"]["mean"])
 
+    # A briefly trained sequential-mode checkpoint exports with parity.
+    _export_and_check(result.run_dir)
+
     # And training continues from there.
     again = resumed.run()
     assert again.counters["v_updates"] > checkpoint["counters"]["v_updates"]
@@ -92,6 +95,20 @@ def test_process_mode_end_to_end_holds_the_ratios(tiny_config):
     checkpoint = load_checkpoint(result.run_dir)
     assert checkpoint["counters"]["v_updates"] == last["v_updates"]
     assert set(json.loads((result.run_dir / "roles.json").read_text())) == set(ROLE_NAMES)
+    _export_and_check(result.run_dir)
+
+
+def _export_and_check(run_dir: Path) -> None:
+    """The run's latest checkpoint exports to a verified ONNX file (export.onnx checks parity
+    with torch <= 1e-5 on random and rollout observations) that deploy.policy reads back."""
+    from deploy.policy import load_policy as load_onnx
+    from export.onnx import export_policy, load_exportable
+
+    out = run_dir / "policy.onnx"
+    report = export_policy(load_exportable(run_dir), out, rollout_steps=5, rollout_envs=2, exporter="torchscript")
+    assert report.max_abs_diff <= 1e-5
+    policy = load_onnx(out)
+    assert policy.metadata.training_step == load_checkpoint(run_dir)["counters"]["env_steps"]
 
 
 def test_a_killed_role_makes_the_trainer_exit_non_zero(tmp_path):
