@@ -5,14 +5,12 @@ trainer's ``toolkit.pql.evaluate`` runs the torch actor in the batched simulator
 runner runs the exported ONNX file on the single-MjData sim backend. Same physics, same task
 code, same action mapping: returns and success rates must agree.
 
-``test_trained_policy_success_rate_matches_trainer_eval`` needs a trained run: it uses
-``$DEPLOY_TRAINED_RUN`` (a run directory) or the newest ``runs/*`` with a checkpoint, and is
-skipped when there is none (train one with ``python -m train.dclaw``).
+``test_trained_policy_success_rate_matches_trainer_eval`` uses the trained D'Claw turn policy
+shipped in ``tests/data``.
 """
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
 
 import mujoco
@@ -79,22 +77,16 @@ def test_sim_backend_reproduces_trainer_eval(exported_policy):
     assert result["deploy_return"] == pytest.approx(result["trainer_return"], rel=0.01), result
 
 
-def _trained_run() -> Path | None:
-    if os.environ.get("DEPLOY_TRAINED_RUN"):
-        return Path(os.environ["DEPLOY_TRAINED_RUN"])
-    runs = [p.parent.parent for p in (REPO / "runs").glob("*/checkpoints/*.pt")]
-    return max(runs, key=lambda p: p.stat().st_mtime) if runs else None
+#: A policy trained by `python -m train.dclaw` on a 2-core CPU (dclaw-turn, ~0.8 eval success),
+#: shipped as test data: the policy part of its checkpoint (tests/data/README.md).
+TRAINED = REPO / "tests" / "data" / "dclaw_turn_trained.pt"
 
 
 def test_trained_policy_success_rate_matches_trainer_eval(tmp_path):
-    run = _trained_run()
-    if run is None:
-        pytest.skip("no trained run: set DEPLOY_TRAINED_RUN=runs/<name> or train with `python -m train.dclaw`")
     from export.onnx import export_policy, load_exportable
-    from toolkit.checkpoint import latest_checkpoint
 
-    checkpoint = latest_checkpoint(run)
     onnx_path = tmp_path / "trained.onnx"
-    export_policy(load_exportable(checkpoint), onnx_path, rollout_steps=5, rollout_envs=1)
-    result = compare(onnx_path, checkpoint, episodes=64)
+    export_policy(load_exportable(TRAINED), onnx_path, rollout_steps=5, rollout_envs=1, exporter="torchscript")
+    result = compare(onnx_path, TRAINED, episodes=64)
+    assert result["trainer_success"] >= 0.6, f"the shipped policy should be a trained one: {result}"
     assert abs(result["deploy_success"] - result["trainer_success"]) <= 0.05, result
