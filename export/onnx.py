@@ -12,13 +12,23 @@ step, ...) is defined by :mod:`deploy.policy`, which also reads it back.
 Every export is verified before it replaces ``--out``: ``onnx.checker``, the deployment reader
 (metadata round trip, graph shapes), and onnxruntime vs torch on random observations and on
 observations of a short rollout of the task with the policy; a max abs difference above
-``TOLERANCE`` fails the export with the numbers. The file is written to a temporary file beside
-``--out`` and renamed only once verified: a failed export leaves no half-written file.
+``TOLERANCE`` (1e-5) fails the export with the numbers.
+
+One refinement of the 1e-5 rule: a trained actor can have hidden and pre-tanh activations in
+the hundreds, and then float32 arithmetic itself is less precise than 1e-5 (measured on a
+trained D'Claw actor: torch float32 vs torch float64 differ by 1.6e-5, onnxruntime vs torch
+float32 by 1.4e-5). The bound is therefore max(1e-5, 2 x torch's own float32 error against
+float64 on the same observations), reported as ``float32_error``: an export bug (a lost
+normalizer, a wrong clip, a missing tanh) is orders of magnitude larger than either.
+
+The file is written to a temporary file beside ``--out`` and renamed only once verified: a
+failed export leaves no half-written file.
 """
 
 from __future__ import annotations
 
 import contextlib
+import copy
 import importlib.util
 import io
 import logging
@@ -110,6 +120,7 @@ class ExportReport:
     opset: int
     diff_random: float
     diff_rollout: float
+    float32_error: float
     rows_random: int
     rows_rollout: int
     rollout: str
@@ -119,6 +130,10 @@ class ExportReport:
     @property
     def max_abs_diff(self) -> float:
         return max(self.diff_random, self.diff_rollout)
+
+    @property
+    def tolerance(self) -> float:
+        return parity_tolerance(self.float32_error)
 
     def format(self, check_only: bool = False) -> str:
         """The command's printout: graph interface, opset, parity figures and a metadata summary."""
@@ -130,7 +145,8 @@ class ExportReport:
             f"  input     {self.input_name}  float32 {_shape(self.input_shape)}",
             f"  output    {self.output_name}  float32 {_shape(self.output_shape)}  (in [-1, 1])",
             f"  opset     {self.opset}  ({self.exporter})",
-            f"  parity    max |onnxruntime - torch| = {self.max_abs_diff:.2e} (tolerance {TOLERANCE:.0e}): "
+            f"  parity    max |onnxruntime - torch| = {self.max_abs_diff:.2e} (tolerance {self.tolerance:.1e}; "
+            f"torch float32 vs float64 {self.float32_error:.1e}): "
             f"{self.diff_random:.2e} on {self.rows_random} random observations, {self.diff_rollout:.2e} on "
             f"{self.rows_rollout} rollout observations ({self.rollout})",
             "  metadata",
@@ -343,15 +359,19 @@ def verify_file(source: Exportable, path: Path, *, opset: int | None = None, rol
     diff_random = max(max_abs_diff(runtime, source.graph, random_obs),
                       max_abs_diff(runtime, source.graph, random_obs[:1]))
     diff_rollout = max_abs_diff(runtime, source.graph, rollout_obs)
-    if not (diff_random <= TOLERANCE and diff_rollout <= TOLERANCE):
+    f32_error = float32_error(source.graph, np.concatenate([random_obs, rollout_obs]))
+    tolerance = parity_tolerance(f32_error)
+    if not (diff_random <= tolerance and diff_rollout <= tolerance):
         raise ExportError(f"onnxruntime and torch disagree on '{path}': max abs difference {diff_random:.3e} on "
                           f"{len(random_obs)} random observations, {diff_rollout:.3e} on {len(rollout_obs)} rollout "
-                          f"observations (tolerance {TOLERANCE:.0e})")
+                          f"observations (tolerance {tolerance:.1e}: {TOLERANCE:.0e}, or twice torch's float32 "
+                          f"error {f32_error:.1e})")
     node_in, node_out = runtime.session.get_inputs()[0], runtime.session.get_outputs()[0]
     return ExportReport(path=path, checkpoint=source.policy.checkpoint_path, input_name=runtime.input_name,
                         input_shape=list(node_in.shape), output_name=runtime.output_name,
                         output_shape=list(node_out.shape), opset=got, diff_random=diff_random,
-                        diff_rollout=diff_rollout, rows_random=len(random_obs) + 1, rows_rollout=len(rollout_obs),
+                        diff_rollout=diff_rollout, float32_error=f32_error, rows_random=len(random_obs) + 1,
+                        rows_rollout=len(rollout_obs),
                         rollout=f"{rollout_envs} envs x {rollout_steps} steps", exporter=exporter,
                         metadata=runtime.metadata)
 
@@ -366,6 +386,19 @@ def max_abs_diff(runtime: OnnxPolicy, graph: nn.Module, obs: np.ndarray) -> floa
         torch_action = graph(torch.from_numpy(obs)).numpy()
     diff = np.abs(onnx_action.astype(np.float64) - torch_action)
     return float(diff.max()) if np.isfinite(diff).all() else float("inf")
+
+
+def float32_error(graph: nn.Module, obs: np.ndarray) -> float:
+    """max |torch float32 - torch float64| of ``graph`` on ``obs``: how precise float32 is here."""
+    with torch.no_grad():
+        single = graph(torch.from_numpy(obs)).double()
+        exact = copy.deepcopy(graph).double()(torch.from_numpy(obs).double())
+    return float((single - exact).abs().max())
+
+
+def parity_tolerance(float32_err: float) -> float:
+    """The parity bound: TOLERANCE, or twice float32's own error where that is larger."""
+    return max(TOLERANCE, 2.0 * float32_err)
 
 
 def random_observations(graph: PolicyGraph, obs_size: int, rows: int, rng: np.random.Generator) -> np.ndarray:

@@ -171,7 +171,7 @@ def test_check_only_detects_altered_weights(exported, tmp_path):
     onnx.save(model, str(altered))
     code, _, stderr = run_cli(exported.run_dir, "--out", altered, "--check-only", "--rollout-steps", 5)
     assert code == 1
-    assert "onnxruntime and torch disagree" in stderr and "tolerance 1e-05" in stderr
+    assert "onnxruntime and torch disagree" in stderr and "tolerance 1.0e-05" in stderr
 
 
 def test_check_only_detects_metadata_of_another_checkpoint(exported, tmp_path):
@@ -312,3 +312,22 @@ def test_helper_makes_trainer_format_checkpoints(tmp_path):
     assert set(state["actor"]) == {"hidden", "action_dim", "state_dict"}
     assert state["obs_normalizer"]["count"] > 0 and not torch.allclose(state["obs_normalizer"]["var"],
                                                                        torch.ones_like(state["obs_normalizer"]["var"]))
+
+
+def test_trained_actor_parity_is_bounded_by_float32_itself(tmp_path):
+    """A trained actor (activations in the hundreds) exports within max(1e-5, 2 x torch's own
+    float32 error), and a perturbation far below any real export bug still fails the check."""
+    trained = Path(__file__).resolve().parents[1] / "data" / "dclaw_turn_trained.pt"
+    source = ex.load_exportable(trained)
+    out = tmp_path / "trained.onnx"
+    report = ex.export_policy(source, out, rollout_steps=5, exporter="torchscript")
+    assert 0 < report.float32_error < 1e-4
+    assert report.max_abs_diff <= report.tolerance == ex.parity_tolerance(report.float32_error)
+    model = onnx.load(str(out))
+    bias = next(t for t in model.graph.initializer if len(t.dims) == 1 and t.dims[0] == source.metadata.action_size)
+    model.graph.initializer.remove(bias)
+    model.graph.initializer.append(onnx.numpy_helper.from_array(onnx.numpy_helper.to_array(bias) + 0.005, bias.name))
+    altered = tmp_path / "altered.onnx"
+    onnx.save(model, str(altered))
+    with pytest.raises(ex.ExportError, match="disagree"):
+        ex.verify_file(source, altered, rollout_steps=5)
