@@ -42,8 +42,8 @@ def _si(value: float) -> str:
     return f"{value:.0f}"
 
 
-def progress_line(r: dict) -> str:
-    """One human line per log interval."""
+def progress_line(r: dict, metrics: tuple[str, ...] = ()) -> str:
+    """One human line per log interval; ``metrics`` adds the task's episode metrics (train/eval)."""
 
     def num(key, fmt="{:.2f}"):
         value = r.get(key)
@@ -53,4 +53,5 @@ def progress_line(r: dict) -> str:
             f"V {_si(r['v_updates'])} ({r['v_updates_per_s']:.0f}/s) P {_si(r['p_updates'])} "
             f"({r['p_updates_per_s']:.0f}/s) | a:v 1:{num('critic_per_actor_step', '{:.1f}')} "
             f"p:v 1:{num('critic_per_policy_update', '{:.1f}')} | return {num('episode_return', '{:.1f}')} "
-            f"success {num('episode_success')} | eval {num('eval_success')}")
+            f"success {num('episode_success')} | eval {num('eval_success')}"
+            + "".join(f" | {m} {num('episode_' + m)} (eval {num('eval_' + m)})" for m in metrics))

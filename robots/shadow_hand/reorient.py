@@ -331,6 +331,8 @@ class ReorientTask(Task):
         task_state["successes"] = successes + xp.astype(success, successes.dtype)
         return success
 
+    metric_names = ("consecutive_successes",)
+
     def episode_metrics(self, task_state) -> dict:
         return {"consecutive_successes": task_state["successes"]}
 

@@ -114,6 +114,9 @@ class Task(ABC):
         xp = array_namespace(joint_pos)
         return xp.zeros(joint_pos.shape[0], dtype=xp.bool, device=joint_pos.device)
 
+    #: names of the :meth:`episode_metrics` (the trainer logs their per-episode means).
+    metric_names: tuple[str, ...] = ()
+
     def episode_metrics(self, task_state) -> dict[str, Array]:
         """Task-specific per-env metrics reported when an episode ends (e.g. consecutive
         successes), each (n,); the VecEnv puts them in ``info["episode_metrics"]``."""

@@ -117,3 +117,5 @@ class ActorRole:
         stats[1] += float(info["episode_success"][done].to(torch.float64).sum())
         stats[2] += float(info["episode_length"][done].to(torch.float64).sum())
         stats[3] += float(done.sum())
+        for i, name in enumerate(self.dims.metrics):
+            stats[4 + i] += float(info["episode_metrics"][name][done].to(torch.float64).sum())

@@ -242,9 +242,9 @@ class _Coordinator:
     pass as object references; the data moves between the roles' nodes directly.
     """
 
-    def __init__(self, counters: list[int], boards: dict[str, np.ndarray]) -> None:
+    def __init__(self, counters: list[int], boards: dict[str, np.ndarray], episode_stats: list[float]) -> None:
         self.counters = list(counters)
-        self.episode_stats = [0.0] * 4
+        self.episode_stats = list(episode_stats)
         self.losses = [math.nan, math.nan]
         self.boards = {b: (1, ray.put(array)) for b, array in boards.items()}  # version, reference
         self.data: collections.deque = collections.deque()  # (sequence number, reference)
@@ -390,7 +390,7 @@ class _RayPlacement:
         boards = {b: _board(shared, b).data.numpy().copy() for b in _BOARD_OWNER}
         here = NodeAffinitySchedulingStrategy(ray.get_runtime_context().get_node_id(), soft=True)
         self.coordinator = ray.remote(_Coordinator).options(num_cpus=0, scheduling_strategy=here).remote(
-            counters, boards)
+            counters, boards, shared.episode_stats.tolist())
         worker = ray.remote(_RoleWorker)
         self.workers = {
             name: worker.options(**resources[name]).remote(

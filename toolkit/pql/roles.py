@@ -23,12 +23,13 @@ class NonFiniteLossError(TrainingError):
 
 @dataclass(frozen=True)
 class Dims:
-    """Sizes of the actor observation, critic observation and action."""
+    """Sizes of the actor observation, critic observation and action; the task's episode metrics."""
 
     obs: int
     critic_obs: int
     action: int
     asymmetric: bool
+    metrics: tuple[str, ...] = ()
 
 
 def make_actor(cfg: PQLConfig, dims: Dims) -> Actor:
@@ -56,7 +57,8 @@ def make_shared_state(cfg: PQLConfig, dims: Dims, share: bool = True, replay: bo
     ring = SharedReplay(cfg.replay_size, dims.obs, dims.action, dims.critic_obs if dims.asymmetric else None,
                         share) if replay else None
     return SharedState(ring, *(ParamBoard.for_tensors(module_tensors(m), share)
-                               for m in (actor, critic, obs_norm, critic_norm)), share=share)
+                               for m in (actor, critic, obs_norm, critic_norm)), share=share,
+                       num_metrics=len(dims.metrics))
 
 
 class NormalizerReader:

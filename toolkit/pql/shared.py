@@ -147,10 +147,12 @@ class SharedState:
     """
 
     def __init__(self, replay: SharedReplay | None, actor_board: ParamBoard, critic_board: ParamBoard,
-                 obs_norm_board: ParamBoard, critic_obs_norm_board: ParamBoard, share: bool = True) -> None:
+                 obs_norm_board: ParamBoard, critic_obs_norm_board: ParamBoard, share: bool = True,
+                 num_metrics: int = 0) -> None:
         self.counters = _zeros((NUM_COUNTERS,), torch.int64, share)
-        # Actor's cumulative episode statistics: [return sum, success sum, length sum, count].
-        self.episode_stats = _zeros((4,), torch.float64, share)
+        # Actor's cumulative episode statistics: [return sum, success sum, length sum, count,
+        # then one sum per task episode metric (Task.metric_names)].
+        self.episode_stats = _zeros((4 + num_metrics,), torch.float64, share)
         # Last critic and actor losses, written by the learners.
         self.losses = _zeros((2,), torch.float64, share).fill_(float("nan"))
         self.replay = replay

@@ -105,7 +105,7 @@ def _prepare_run(cfg: TrainConfig) -> tuple[TrainConfig, Path, dict | None]:
 
 def _dims(task) -> Dims:
     return Dims(obs=task.obs_layout.size, critic_obs=task.critic_obs_layout.size, action=task.robot.num_joints,
-                asymmetric=task.asymmetric)
+                asymmetric=task.asymmetric, metrics=tuple(task.metric_names))
 
 
 def _initial_role_states(cfg: TrainConfig, dims: Dims, checkpoint: dict | None) -> dict[str, dict]:
@@ -338,6 +338,9 @@ class Trainer:
         stats = self.shared.episode_stats.clone()
         elapsed = max(now - previous["time"], 1e-9)
         episodes = float(stats[3] - previous["stats"][3])
+        # Means over the episodes finished since the last record (nan when none finished).
+        per_episode = (stats - previous["stats"]) / episodes if episodes else torch.full_like(stats, float("nan"))
+        stat_names = ("return", "success", "length", "count", *self.dims.metrics)
         record = {
             **counters,
             "wall_time_s": self.prior_wall_time + now - start,
@@ -346,16 +349,15 @@ class Trainer:
             "p_updates_per_s": (counters["p_updates"] - previous["p_updates"]) / elapsed,
             **self.gate.measured(self.shared.counters, self.v_start, self.p_start),
             "episodes": int(stats[3]),
-            "episode_return": float(stats[0] - previous["stats"][0]) / episodes if episodes else float("nan"),
-            "episode_success": float(stats[1] - previous["stats"][1]) / episodes if episodes else float("nan"),
-            "episode_length": float(stats[2] - previous["stats"][2]) / episodes if episodes else float("nan"),
+            **{f"episode_{name}": float(mean) for name, mean in zip(stat_names, per_episode, strict=True)
+               if name != "count"},
             "critic_loss": float(self.shared.losses[0]),
             "actor_loss": float(self.shared.losses[1]),
             "nan_resets": int(self.shared.counters[C.NAN_RESETS]),
             **self.last_eval,
         }
         self.logger.log(record)
-        print(progress_line(record), flush=True)
+        print(progress_line(record, self.dims.metrics), flush=True)
         previous.update(time=now, stats=stats, **counters)
         return record
 
