@@ -98,8 +98,8 @@ class PQLConfig:
     """Torch intra-op threads per role process."""
     compile: bool = False
     """torch.compile the learner update steps (opt-in speed-up)."""
-    learner_device: str = "cpu"
-    """Device of the V- and P-learners (cuda for GPU training)."""
+    learner_device: str | None = None
+    """Device of the V- and P-learners (None: the env's --device; cuda learns on a GPU even from CPU envs)."""
 
 
 @dataclass(frozen=True)
@@ -157,6 +157,10 @@ class TrainConfig:
     """PQL hyper-parameters."""
     log: LogConfig = LogConfig()
     """Logging, evaluation and checkpointing."""
+
+    def learner_device(self) -> str:
+        """Where the V- and P-learners run: --pql.learner-device, else the env's --device."""
+        return self.pql.learner_device or self.device
 
     def env_config(self, num_envs: int | None = None, seed: int | None = None) -> EnvConfig:
         return EnvConfig(task=self.task, num_envs=num_envs or self.num_envs, sim=self.sim, device=self.device,

@@ -30,7 +30,8 @@ class ActorRole:
         self.cfg, self.dims, self.shared, self.env = cfg, dims, shared, env
         self.device = env.device
         self.policy = make_actor(cfg, dims).to(self.device).requires_grad_(False)
-        self.obs_norm, self.critic_norm = make_normalizers(cfg, dims)
+        # On the env's device: they normalize its observations every step.
+        self.obs_norm, self.critic_norm = (norm.to(self.device) for norm in make_normalizers(cfg, dims))
         if state is not None:
             self.obs_norm.load_state_dict(state["obs_normalizer"])
             if dims.asymmetric:

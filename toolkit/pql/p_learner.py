@@ -14,8 +14,9 @@ class PLearner(Learner):
 
     name, what, counter, loss_slot = "P-learner", "actor", C.P_UPDATES, 1
 
-    def __init__(self, cfg: PQLConfig, dims: Dims, shared: SharedState, seed: int, state: dict | None = None) -> None:
-        super().__init__(cfg, dims, shared, seed)
+    def __init__(self, cfg: PQLConfig, dims: Dims, shared: SharedState, seed: int, state: dict | None = None,
+                 device: str = "cpu") -> None:
+        super().__init__(cfg, dims, shared, seed, device)
         self.actor = self.trained = make_actor(cfg, dims).to(self.device)
         self.optimizer = torch.optim.AdamW(self.actor.parameters(), lr=cfg.actor_lr, foreach=True)
         self.critic = make_critic(cfg, dims).to(self.device).requires_grad_(False)  # latest published critic

@@ -340,7 +340,7 @@ class _Coordinator:
 def _uses_gpu(cfg: TrainConfig, name: str) -> bool:
     if name == "Actor":
         return cfg.device.startswith("cuda") or cfg.sim == "mujoco_warp"
-    return cfg.pql.learner_device.startswith("cuda")
+    return cfg.learner_device().startswith("cuda")
 
 
 def _role_resources(cfg: TrainConfig) -> dict[str, dict[str, float]]:

@@ -64,9 +64,9 @@ def make_shared_state(cfg: PQLConfig, dims: Dims, share: bool = True, replay: bo
 class NormalizerReader:
     """Keeps a role's copies of the actor's observation normalizers current."""
 
-    def __init__(self, cfg: PQLConfig, dims: Dims, shared: SharedState) -> None:
+    def __init__(self, cfg: PQLConfig, dims: Dims, shared: SharedState, device: str | torch.device = "cpu") -> None:
         self.enabled = cfg.normalize_obs
-        self.obs_norm, self.critic_norm = make_normalizers(cfg, dims)
+        self.obs_norm, self.critic_norm = (norm.to(device) for norm in make_normalizers(cfg, dims))
         self._boards = [(shared.obs_norm_board, module_tensors(self.obs_norm))]
         if dims.asymmetric:
             self._boards.append((shared.critic_obs_norm_board, module_tensors(self.critic_norm)))
@@ -81,6 +81,18 @@ class NormalizerReader:
 
     def critic_obs(self, x: torch.Tensor) -> torch.Tensor:
         return self.critic_norm(x) if self.enabled else x
+
+
+def to_cpu(state):
+    """``state`` (nested dicts/lists of tensors, e.g. a role's state_dict) with every tensor on
+    the CPU: what crosses a process boundary or goes into a checkpoint, whatever the role's device."""
+    if isinstance(state, torch.Tensor):
+        return state.detach().cpu()
+    if isinstance(state, dict):
+        return {key: to_cpu(value) for key, value in state.items()}
+    if isinstance(state, (list, tuple)):
+        return type(state)(to_cpu(value) for value in state)
+    return state
 
 
 def optimizer_step(optimizer: torch.optim.Optimizer, module: nn.Module, loss: torch.Tensor, clip: float,
@@ -114,10 +126,10 @@ class Learner:
     trained: nn.Module
     optimizer: torch.optim.Optimizer
 
-    def __init__(self, cfg: PQLConfig, dims: Dims, shared: SharedState, seed: int) -> None:
+    def __init__(self, cfg: PQLConfig, dims: Dims, shared: SharedState, seed: int, device: str) -> None:
         self.cfg, self.dims, self.shared = cfg, dims, shared
-        self.device = torch.device(cfg.learner_device)
-        self.norms = NormalizerReader(cfg, dims, shared)
+        self.device = torch.device(device)
+        self.norms = NormalizerReader(cfg, dims, shared, self.device)
         self.generator = torch.Generator().manual_seed(seed)
         self.updates = int(shared.counters[self.counter])
         self.last_loss = float("nan")

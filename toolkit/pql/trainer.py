@@ -52,6 +52,7 @@ from toolkit.pql.roles import (
     make_critic,
     make_normalizers,
     make_shared_state,
+    to_cpu,
 )
 from toolkit.pql.shared import C, SharedState, module_tensors
 from toolkit.pql.v_learner import VLearner
@@ -147,8 +148,8 @@ def build_role(name: str, cfg: TrainConfig, dims: Dims, shared: SharedState, sta
         env = VecEnv(make_task(cfg.task), cfg.env_config())
         return ActorRole(cfg.pql, dims, shared, env, seed, state)
     if name == "V-learner":
-        return VLearner(cfg.pql, dims, shared, seed, state)
-    return PLearner(cfg.pql, dims, shared, seed, state)
+        return VLearner(cfg.pql, dims, shared, seed, state, device=cfg.learner_device())
+    return PLearner(cfg.pql, dims, shared, seed, state, device=cfg.learner_device())
 
 
 class _Nap:
@@ -198,7 +199,7 @@ class RoleLoop:
         return request if request % 2 == 1 and request > self._served_pause else 0
 
     def serve_pause(self, request: int, state_queue) -> None:
-        state_queue.put((self.name, self.role.state_dict()))
+        state_queue.put((self.name, to_cpu(self.role.state_dict())))
         self._served_pause = request
         self.shared.counters[_PAUSED[self.name]] = request
         while int(self.shared.counters[C.PAUSE]) == request and not int(self.shared.counters[C.STOP]):
@@ -261,8 +262,8 @@ class Trainer:
         self.prior_wall_time = float(checkpoint["counters"].get("wall_time_s", 0.0)) if checkpoint else 0.0
         self._publish_initial_weights()
         # The trainer's own view of the policy, for evaluation.
-        self.eval_actor = make_actor(cfg.pql, self.dims).requires_grad_(False)
-        self.eval_norms = NormalizerReader(cfg.pql, self.dims, self.shared)
+        self.eval_actor = make_actor(cfg.pql, self.dims).to(cfg.device).requires_grad_(False)
+        self.eval_norms = NormalizerReader(cfg.pql, self.dims, self.shared, cfg.device)
         self._eval_env: VecEnv | None = None
         self.logger = RunLogger(self.run_dir, cfg.log.tensorboard)
         self.last_eval: dict[str, float] = {}
@@ -437,7 +438,7 @@ class Trainer:
                     pass
 
         def gather(final: bool) -> dict[str, dict]:
-            return {loop.name: loop.role.state_dict() for loop in loops}
+            return {loop.name: to_cpu(loop.role.state_dict()) for loop in loops}
 
         start = time.perf_counter()
         stop_reason, wall = self._main_loop(tick, gather, start)

@@ -39,8 +39,9 @@ class VLearner(Learner):
 
     name, what, counter, loss_slot = "V-learner", "critic", C.V_UPDATES, 0
 
-    def __init__(self, cfg: PQLConfig, dims: Dims, shared: SharedState, seed: int, state: dict | None = None) -> None:
-        super().__init__(cfg, dims, shared, seed)
+    def __init__(self, cfg: PQLConfig, dims: Dims, shared: SharedState, seed: int, state: dict | None = None,
+                 device: str = "cpu") -> None:
+        super().__init__(cfg, dims, shared, seed, device)
         self.critic = self.trained = make_critic(cfg, dims).to(self.device)
         self.critic_target = copy.deepcopy(self.critic).requires_grad_(False)
         self._params, self._target_params = list(self.critic.parameters()), list(self.critic_target.parameters())
