@@ -12,7 +12,12 @@ the env keeps after its Python/torch work (observations, rewards, resets, DR). T
 are timed in alternating chunks of 10 control steps (so both see the same background load on a
 shared machine); each repeat replays the whole run and each side's best repeat is reported.
 
-JSON keys: task, num_envs, steps, repeats, nthread, physics_steps_per_env_step, sim, device,
+The env's own torch work runs on ``--torch-threads`` intra-op threads (default 1, as in the
+trainer's actor, ``--pql.torch-threads``): with the C engine the physics threads already own the
+cores, and torch's idle pool threads spinning beside them cost the env ~5 % (measured: Shadow Hand
+ratio 0.87 with torch's default 2 threads on 2 cores, 0.94-0.95 with 1).
+
+JSON keys: task, num_envs, steps, repeats, nthread, torch_threads, physics_steps_per_env_step, sim, device,
 randomize, env_steps_per_s, raw_steps_per_s (env steps summed over envs per second; the raw
 side in env-step equivalents: physics steps / physics_steps_per_env_step), ratio,
 raw_physics_steps_per_s, raw_sim and raw_device (the raw baseline always runs the MuJoCo C
@@ -57,6 +62,8 @@ class Args:
     """Timed replays of the whole run; the best of each side is reported."""
     nthread: int = 0
     """Physics threads of the C engine (0: all CPUs)."""
+    torch_threads: int = 1
+    """Torch intra-op threads of the env's tensor work (the trainer's actor uses 1)."""
     sim: Literal["mujoco_batch", "mujoco_warp"] = "mujoco_batch"
     """Physics backend of the VecEnv."""
     device: str = "cpu"
@@ -73,9 +80,10 @@ def run(args: Args) -> dict:
     """Run the benchmark; returns the result dict (see the module docstring)."""
     if args.task not in TASKS:
         make_task(args.task)  # raises the registry's error with the list of tasks
-    for name in ("num_envs", "steps", "repeats"):
+    for name in ("num_envs", "steps", "repeats", "torch_threads"):
         if getattr(args, name) < 1:
             raise ValueError(f"--{name.replace('_', '-')} must be >= 1, got {getattr(args, name)}")
+    torch.set_num_threads(args.torch_threads)
     cfg = EnvConfig(task=args.task, num_envs=args.num_envs, sim=args.sim, device=args.device,
                     nthread=args.nthread, randomize=args.randomize, seed=args.seed)
     env = VecEnv(make_task(args.task), cfg)
@@ -149,6 +157,7 @@ def run(args: Args) -> dict:
         "steps": args.steps,
         "repeats": args.repeats,
         "nthread": int(nthread),
+        "torch_threads": torch.get_num_threads(),
         "physics_steps_per_env_step": substeps,
         "sim": args.sim,
         "device": str(env.device),

@@ -67,6 +67,7 @@ from toolkit.envs.task import Task, bind_robot
 from toolkit.obs_layout import ObsLayout
 from toolkit.rotations import (
     axis_from_uniform,
+    quat_angle,
     quat_canonical,
     quat_conjugate,
     quat_distance,
@@ -253,12 +254,17 @@ class ReorientTask(Task):
         return DR
 
     # --- shared with deployment ------------------------------------------------------
-    def _sample_goals(self, cube_quat, rand):
-        """Goals (n, 4): ``cube_quat`` (n, 4) turned by U(goal_angle) about random axes."""
+    def _sample_goals(self, cube_quat, rand, needed: bool = True):
+        """Goals (n, 4): ``cube_quat`` (n, 4) turned by U(goal_angle) about random axes; None
+        unless ``needed``. The random numbers are drawn either way: every env's stream advances
+        the same whatever the other envs do."""
         xp = array_namespace(cube_quat)
         n = cube_quat.shape[0]
         lo, hi = self.goal_angle
-        turn = quat_from_axis_angle(axis_from_uniform(rand((n, 2))), lo + (hi - lo) * rand((n,)))
+        axis_u, angle_u = rand((n, 2)), rand((n,))
+        if not needed:
+            return None
+        turn = quat_from_axis_angle(axis_from_uniform(axis_u), lo + (hi - lo) * angle_u)
         return quat_canonical(quat_mul(turn, xp.astype(cube_quat, turn.dtype)))
 
     def _actor_parts(self, readings, task_state, joint_targets, last_action) -> dict:
@@ -290,7 +296,8 @@ class ReorientTask(Task):
             cube_linvel=privileged["cube_linvel"],
             cube_angvel=privileged["cube_angvel"],
             fingertip_pos=xp.reshape(tips, (n, -1)),
-            rotation_error=self._rotation_error(readings, task_state),
+            # The angle of goal_rel_quat (|w| and |xyz| scale alike: normalizing leaves it).
+            rotation_error=quat_angle(parts["goal_rel_quat"]),
         )
         return CRITIC_OBS_LAYOUT.concat(parts, xp)
 
@@ -324,9 +331,11 @@ class ReorientTask(Task):
     def update_goals(self, readings, task_state, success, rand):
         """Draw a new goal where ``success`` (n,) and count it in ``task_state["successes"]``."""
         xp = array_namespace(readings["cube_quat"])
-        fresh = self._sample_goals(readings["cube_quat"], rand)
-        goal = task_state["goal_quat"]
-        task_state["goal_quat"] = xp.where(success[:, None], xp.astype(fresh, goal.dtype), goal)
+        # Most steps nobody reaches a goal: skip the quaternion work (the draws still happen).
+        fresh = self._sample_goals(readings["cube_quat"], rand, needed=bool(xp.any(success)))
+        if fresh is not None:
+            goal = task_state["goal_quat"]
+            task_state["goal_quat"] = xp.where(success[:, None], xp.astype(fresh, goal.dtype), goal)
         successes = task_state["successes"]
         task_state["successes"] = successes + xp.astype(success, successes.dtype)
         return success
