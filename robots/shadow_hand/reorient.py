@@ -239,7 +239,7 @@ class ReorientTask(Task):
         offset = self.cube_pos_noise * (2 * uniform((k, 2)) - 1)
         cube_pos = const(CUBE_START) + xp.concat([offset, xp.zeros((k, 1), **like)], axis=-1)
         cube_quat = _resting_orientations(uniform((k, 2)))
-        goal = self._sample_goals(cube_quat, uniform)
+        goal = self._turned_goals(cube_quat, *self._goal_draws(k, uniform))
         rows = ids[:, None]
         sim.qpos[rows, index(self._qpos_adr)] = joints
         sim.qpos[rows, index(self._distal_adr)] = distal
@@ -254,16 +254,14 @@ class ReorientTask(Task):
         return DR
 
     # --- shared with deployment ------------------------------------------------------
-    def _sample_goals(self, cube_quat, rand, needed: bool = True):
-        """Goals (n, 4): ``cube_quat`` (n, 4) turned by U(goal_angle) about random axes; None
-        unless ``needed``. The random numbers are drawn either way: every env's stream advances
-        the same whatever the other envs do."""
+    def _goal_draws(self, n: int, rand):
+        """The uniform numbers of ``n`` new goals: axis (n, 2) and angle (n,)."""
+        return rand((n, 2)), rand((n,))
+
+    def _turned_goals(self, cube_quat, axis_u, angle_u):
+        """Goals (n, 4): ``cube_quat`` (n, 4) turned by U(goal_angle) about random axes."""
         xp = array_namespace(cube_quat)
-        n = cube_quat.shape[0]
         lo, hi = self.goal_angle
-        axis_u, angle_u = rand((n, 2)), rand((n,))
-        if not needed:
-            return None
         turn = quat_from_axis_angle(axis_from_uniform(axis_u), lo + (hi - lo) * angle_u)
         return quat_canonical(quat_mul(turn, xp.astype(cube_quat, turn.dtype)))
 
@@ -331,9 +329,12 @@ class ReorientTask(Task):
     def update_goals(self, readings, task_state, success, rand):
         """Draw a new goal where ``success`` (n,) and count it in ``task_state["successes"]``."""
         xp = array_namespace(readings["cube_quat"])
-        # Most steps nobody reaches a goal: skip the quaternion work (the draws still happen).
-        fresh = self._sample_goals(readings["cube_quat"], rand, needed=bool(xp.any(success)))
-        if fresh is not None:
+        cube = readings["cube_quat"]
+        # Every env's stream advances by the same draws whatever the others do; the quaternion
+        # work is skipped on the (most) steps where no env reached its goal.
+        draws = self._goal_draws(cube.shape[0], rand)
+        if bool(xp.any(success)):
+            fresh = self._turned_goals(cube, *draws)
             goal = task_state["goal_quat"]
             task_state["goal_quat"] = xp.where(success[:, None], xp.astype(fresh, goal.dtype), goal)
         successes = task_state["successes"]

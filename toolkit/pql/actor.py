@@ -109,14 +109,12 @@ class ActorRole:
         counters[C.ACTOR_STEPS] = self.steps
 
     def _record_episodes(self, info: dict) -> None:
-        """Cumulative [return, success, length, count] of finished episodes (readers diff them)."""
-        done = info["done"]
+        """Cumulative [return, success, length, count, *task metrics] of finished episodes
+        (readers diff them); one host copy per step that ends episodes."""
         if "episode_return" not in info:
             return
-        stats = self.shared.episode_stats
-        stats[0] += float(info["episode_return"][done].sum())
-        stats[1] += float(info["episode_success"][done].to(torch.float64).sum())
-        stats[2] += float(info["episode_length"][done].to(torch.float64).sum())
-        stats[3] += float(done.sum())
-        for i, name in enumerate(self.dims.metrics):
-            stats[4 + i] += float(info["episode_metrics"][name][done].to(torch.float64).sum())
+        done = info["done"]
+        values = [info["episode_return"], info["episode_success"], info["episode_length"], done,
+                  *(info["episode_metrics"][name] for name in self.dims.metrics)]
+        sums = torch.stack([v[done].to(torch.float64).sum() for v in values])
+        self.shared.episode_stats += sums.cpu()
