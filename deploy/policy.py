@@ -23,7 +23,7 @@ training_step                 JSON integer: environment steps of the checkpoint
 ============================  ==============================================================
 
 Writers may add keys; readers ignore keys they do not know. This module imports numpy, onnx,
-onnxruntime and the torch-free ``toolkit.obs_layout`` only: the deployment runner uses it on
+onnxruntime and the torch-free ``toolkit.contract.obs_layout`` only: the deployment runner uses it on
 machines without torch.
 """
 
@@ -39,7 +39,7 @@ import numpy as np
 import onnx
 import onnxruntime as ort
 
-from toolkit.obs_layout import ObsLayout
+from toolkit.contract.obs_layout import ObsLayout
 
 METADATA_FORMAT = "sim2real-pql-onnx-policy/1"
 

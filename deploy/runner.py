@@ -36,8 +36,8 @@ from deploy.backends.base import Backend, Field
 from deploy.errors import DeployError, ExitCode, NonFiniteError, PolicyMismatchError, StaleSensorData, WatchdogOverrun
 from deploy.log import LogWriter
 from deploy.policy import PolicyError
-from toolkit.envs.task import Task
-from toolkit.robot import RobotSpec, clamp_joint_command, relative_joint_target
+from toolkit.contract.task import Task
+from toolkit.contract.robot import RobotSpec, clamp_joint_command, relative_joint_target
 
 TIMING_FIELDS = ("period", "lateness", "read_latency", "policy_latency", "write_latency", "compute")
 

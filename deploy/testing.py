@@ -18,7 +18,7 @@ from onnx import TensorProto, helper, numpy_helper
 
 import toolkit
 from deploy.policy import PolicyMetadata, encode_metadata
-from toolkit.envs.task import Task
+from toolkit.contract.task import Task
 
 
 def task_metadata(task: Task, task_overrides: dict | None = None, **replace) -> PolicyMetadata:

@@ -61,7 +61,7 @@ from toolkit.checkpoint import (
     load_policy,
 )
 from toolkit.config import EnvConfig
-from toolkit.envs.task import Task
+from toolkit.contract.task import Task
 from toolkit.normalizer import RunningNorm
 
 #: Largest |onnxruntime - torch| accepted on any action component.

@@ -6,7 +6,7 @@ import dataclasses
 import difflib
 import importlib
 
-from toolkit.envs.task import Task
+from toolkit.contract.task import Task
 
 #: task name -> "module:factory". Modules are imported on demand.
 TASKS: dict[str, str] = {

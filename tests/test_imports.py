@@ -5,7 +5,7 @@ import json
 import subprocess
 import sys
 
-TORCH_FREE = ("robots.dclaw.turn", "robots.dclaw.spec", "toolkit.robot", "toolkit.obs_layout", "toolkit.envs.task")
+TORCH_FREE = ("robots.dclaw.turn", "robots.dclaw.spec", "toolkit.contract.robot", "toolkit.contract.obs_layout", "toolkit.contract.task")
 
 
 def test_deployment_modules_do_not_import_torch():

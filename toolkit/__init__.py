@@ -1,6 +1,6 @@
 """Robot-agnostic machinery of the sim-to-real toolkit.
 
-Importing ``toolkit`` (or ``toolkit.robot`` / ``toolkit.obs_layout``) imports neither torch
+Importing ``toolkit`` or ``toolkit.contract`` imports neither torch
 nor mujoco: the deployment side relies on that.
 """
 

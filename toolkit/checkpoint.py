@@ -21,7 +21,7 @@ import torch
 
 from toolkit.nn import Actor
 from toolkit.normalizer import RunningNorm
-from toolkit.obs_layout import ObsLayout
+from toolkit.contract.obs_layout import ObsLayout
 
 FORMAT = "sim2real-pql-checkpoint/1"
 _NAME = re.compile(r"^ckpt_(\d+)\.pt$")

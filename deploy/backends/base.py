@@ -16,8 +16,8 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from toolkit.envs.task import Task
-from toolkit.robot import RobotSpec
+from toolkit.contract.task import Task
+from toolkit.contract.robot import RobotSpec
 
 
 @dataclass

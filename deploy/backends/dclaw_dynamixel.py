@@ -41,8 +41,8 @@ from deploy import dynamixel_protocol as dxl
 from deploy.backends.base import Backend, ResetResult
 from deploy.errors import HardwareFault
 from robots.dclaw.spec import SERVO_IDS, SPEC, VALVE_SERVO_ID
-from toolkit.envs.task import Task
-from toolkit.robot import RobotSpec
+from toolkit.contract.task import Task
+from toolkit.contract.robot import RobotSpec
 
 #: What a lost or broken port raises inside pyserial/dynamixel_sdk (termios.error is no OSError).
 BUS_ERRORS = (serial.SerialException, OSError, termios.error)

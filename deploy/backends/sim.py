@@ -1,13 +1,13 @@
 """Evaluation-sim backend: the task's own MuJoCo scene on one ``mujoco.MjData``.
 
-The task's :meth:`~toolkit.envs.task.Task.read`/:meth:`~toolkit.envs.task.Task.write_reset` are
+The task's :meth:`~toolkit.contract.task.Task.read`/:meth:`~toolkit.contract.task.Task.write_reset` are
 written for batched state arrays ``(n, ...)``; :class:`DataView` presents a single ``MjData`` as a
 batch of one (``data.qpos[None]`` and friends are writable views), so the very functions the
 trainer uses reset and read the deployment sim.
 
 The simulated clock is driven by the control loop: :meth:`SimBackend.write` applies the command
 and advances the physics by one control period (``substeps`` model timesteps). Optional domain
-randomization draws the task's :class:`~toolkit.envs.dr_table.DRTable` physical ranges per
+randomization draws the task's :class:`~toolkit.contract.dr.DRTable` physical ranges per
 episode and applies them to the ``MjModel`` with numpy (:class:`SimRandomizer`); the values drawn
 are logged and :mod:`deploy.replay` re-applies them.
 """
@@ -20,8 +20,8 @@ import mujoco
 import numpy as np
 
 from deploy.backends.base import Backend, Field, ResetResult
-from toolkit.envs.dr_table import DRTable
-from toolkit.envs.task import Task
+from toolkit.contract.dr import DRTable
+from toolkit.contract.task import Task
 
 #: Everything mj_step needs to continue bit-identically (qpos, qvel, act, time, warmstart, ctrl,
 #: applied forces, mocap, ...): what replay restores.

@@ -18,9 +18,9 @@ from array_api_compat import array_namespace
 
 from robots.dclaw.spec import SPEC, TURN_XML
 from robots.dclaw.turn import DR
-from toolkit.envs.dr_table import DRTable
-from toolkit.envs.task import Task, bind_robot
-from toolkit.obs_layout import ObsLayout
+from toolkit.contract.dr import DRTable
+from toolkit.contract.task import Task, bind_robot
+from toolkit.contract.obs_layout import ObsLayout
 
 OBS_LAYOUT = ObsLayout((("joint_pos", 9), ("joint_targets", 9), ("goal_error", 9), ("last_action", 9)))
 REWARD_SCALES = {"pose_error": -1.0, "at_goal": 1.0}

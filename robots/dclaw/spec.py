@@ -10,7 +10,7 @@ from pathlib import Path
 
 import numpy as np
 
-from toolkit.robot import RobotSpec
+from toolkit.contract.robot import RobotSpec
 
 ASSETS = Path(__file__).parent / "assets"
 TURN_XML = ASSETS / "dclaw_turn.xml"

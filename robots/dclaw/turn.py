@@ -25,9 +25,9 @@ import numpy as np
 from array_api_compat import array_namespace
 
 from robots.dclaw.spec import SPEC, TURN_XML
-from toolkit.envs.dr_table import DRTable
-from toolkit.envs.task import Task, bind_robot
-from toolkit.obs_layout import ObsLayout
+from toolkit.contract.dr import DRTable
+from toolkit.contract.task import Task, bind_robot
+from toolkit.contract.obs_layout import ObsLayout
 
 OBS_LAYOUT = ObsLayout((
     ("joint_pos", 9),

@@ -62,9 +62,9 @@ from robots.shadow_hand.spec import (
     MODEL_PREFIX,
     SPEC,
 )
-from toolkit.envs.dr_table import DRTable
-from toolkit.envs.task import Task, bind_robot
-from toolkit.obs_layout import ObsLayout
+from toolkit.contract.dr import DRTable
+from toolkit.contract.task import Task, bind_robot
+from toolkit.contract.obs_layout import ObsLayout
 from toolkit.rotations import (
     axis_from_uniform,
     quat_angle,

@@ -20,7 +20,7 @@ from pathlib import Path
 
 import numpy as np
 
-from toolkit.robot import RobotSpec
+from toolkit.contract.robot import RobotSpec
 
 #: Prefix of every robot element's name in the gymnasium-robotics MJCF.
 MODEL_PREFIX = "robot0:"

@@ -20,7 +20,7 @@ REPO = Path(__file__).resolve().parents[2]
 
 #: What the exported test policy depends on: the cached file is reused only while none changed.
 _EXPORT_SOURCES = ("export/onnx.py", "deploy/policy.py", "toolkit/nn.py", "toolkit/normalizer.py",
-                   "toolkit/checkpoint.py", "toolkit/obs_layout.py", "toolkit/robot.py", "toolkit/__init__.py",
+                   "toolkit/checkpoint.py", "toolkit/contract", "toolkit/__init__.py",
                    "tests/export/helpers.py", "robots/dclaw/spec.py", "robots/dclaw/turn.py")
 
 

@@ -28,7 +28,7 @@ from deploy.policy import (
     read_metadata,
 )
 from robots.dclaw.spec import SPEC
-from toolkit.obs_layout import ObsLayout
+from toolkit.contract.obs_layout import ObsLayout
 
 ROOT = Path(__file__).resolve().parents[2]
 LAYOUT = ObsLayout((("joint_pos", 9), ("joint_targets", 9), ("valve_sincos", 2), ("goal_error", 1),

@@ -19,7 +19,7 @@ from deploy.run import Args, run
 from deploy.runner import Runner, RunnerConfig
 from deploy.testing import synthetic_policy, task_metadata
 from robots import make_task
-from toolkit.obs_layout import ObsLayout
+from toolkit.contract.obs_layout import ObsLayout
 
 
 def test_loop_paces_50hz(exported_policy, task):

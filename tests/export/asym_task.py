@@ -8,7 +8,7 @@ from dataclasses import dataclass
 from array_api_compat import array_namespace
 
 from robots.dclaw.turn import OBS_LAYOUT, TurnTask
-from toolkit.obs_layout import ObsLayout
+from toolkit.contract.obs_layout import ObsLayout
 
 NAME = "test-asymmetric-turn"
 CRITIC_LAYOUT = ObsLayout(OBS_LAYOUT.fields + (("valve_vel", 1),))

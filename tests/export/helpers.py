@@ -11,7 +11,7 @@ from robots import make_task
 from toolkit.checkpoint import save_checkpoint
 from toolkit.nn import Actor
 from toolkit.normalizer import RunningNorm
-from toolkit.obs_layout import ObsLayout
+from toolkit.contract.obs_layout import ObsLayout
 
 
 def make_checkpoint(run_dir: Path, task: str = "dclaw-turn", *, hidden: tuple[int, ...] = (64, 32),

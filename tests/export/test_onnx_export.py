@@ -31,7 +31,7 @@ from toolkit import __version__
 from toolkit.checkpoint import load_policy as load_torch_policy
 from toolkit.config import EnvConfig
 from toolkit.envs.vec_env import VecEnv
-from toolkit.obs_layout import ObsLayout
+from toolkit.contract.obs_layout import ObsLayout
 
 ROOT = Path(__file__).resolve().parents[2]
 ENV_STEPS = 12_000

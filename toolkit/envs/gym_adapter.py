@@ -21,7 +21,7 @@ import numpy as np
 import torch
 
 from toolkit.config import EnvConfig
-from toolkit.envs.task import Task
+from toolkit.contract.task import Task
 from toolkit.envs.vec_env import VecEnv
 
 

@@ -13,7 +13,7 @@ import math
 import mujoco
 import torch
 
-from toolkit.envs.dr_table import DRTable
+from toolkit.contract.dr import DRTable
 
 
 class DomainRandomizer:

@@ -35,7 +35,7 @@ before the first); ``nan_reset`` (N,) bool for envs whose physics went unstable 
 (reset, reward 0, truncated, ``final_obs`` = their last finite observation) and
 ``nan_resets`` (int, running total); ``reward_terms`` (dict of (N,) scaled terms).
 
-Seeding: every env draws from its own stream (:mod:`toolkit.envs.rng`); env i of an env
+Seeding: every env draws from its own stream (:mod:`toolkit.contract.rng`); env i of an env
 seeded ``s`` (``EnvConfig.seed`` or ``reset(seed=s)``) behaves exactly like env 0 of a
 single env seeded ``s + i``. Resets, domain randomization and DR noise all use these streams.
 """
@@ -51,9 +51,9 @@ from gymnasium.vector import AutoresetMode, VectorEnv
 
 from toolkit.config import EnvConfig
 from toolkit.envs.randomization import DomainRandomizer, standard_normal
-from toolkit.envs.rng import EnvStreams, env_seeds
-from toolkit.envs.task import Task
-from toolkit.robot import relative_joint_target
+from toolkit.contract.rng import EnvStreams, env_seeds
+from toolkit.contract.task import Task
+from toolkit.contract.robot import relative_joint_target
 from toolkit.sim import make_sim
 
 _SUCCESS_WINDOW = 100

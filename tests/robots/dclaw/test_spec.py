@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 
 from robots.dclaw import spec
-from toolkit.envs.task import bind_robot
+from toolkit.contract.task import bind_robot
 
 
 @pytest.fixture(scope="module")

@@ -10,7 +10,7 @@ import pytest
 
 from robots.shadow_hand import spec
 from robots.shadow_hand.scene import ARENA_BYTES, CUBE_START, build_scene
-from toolkit.envs.task import bind_robot
+from toolkit.contract.task import bind_robot
 
 P = spec.MODEL_PREFIX
 

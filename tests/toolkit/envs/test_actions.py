@@ -1,4 +1,4 @@
-"""The relative-joint-position action mapping (toolkit.robot.relative_joint_target) that the
+"""The relative-joint-position action mapping (toolkit.contract.robot.relative_joint_target) that the
 VecEnv and the deployment runner share: never leaves the joint limits, same in numpy and torch."""
 
 import numpy as np
@@ -7,7 +7,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from hypothesis.extra.numpy import arrays
 
-from toolkit.robot import relative_joint_target
+from toolkit.contract.robot import relative_joint_target
 
 J = 4
 LOW = np.array([-0.5, -1.0, -1.6, 0.0])

@@ -1,10 +1,10 @@
-"""Per-env random streams (toolkit.envs.rng)."""
+"""Per-env random streams (toolkit.contract.rng)."""
 
 import numpy as np
 import pytest
 import torch
 
-from toolkit.envs.rng import EnvStreams, env_seeds, mix64
+from toolkit.contract.rng import EnvStreams, env_seeds, mix64
 
 
 def splitmix64_reference(state: np.ndarray) -> np.ndarray:

@@ -27,8 +27,8 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 from array_api_compat import array_namespace
 
-from toolkit.obs_layout import ObsLayout
-from toolkit.robot import RobotSpec
+from toolkit.contract.obs_layout import ObsLayout
+from toolkit.contract.robot import RobotSpec
 
 if TYPE_CHECKING:  # mujoco is imported lazily: the hardware runner works without it
     import mujoco
