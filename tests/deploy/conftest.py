@@ -4,7 +4,6 @@ D'Claw task, and the Dynamixel bus emulator on a pty."""
 from __future__ import annotations
 
 import gc
-import hashlib
 from pathlib import Path
 
 import numpy as np
@@ -18,39 +17,20 @@ from robots.dclaw.spec import DEFAULT_POSE, SERVO_IDS, VALVE_SERVO_ID
 REPO = Path(__file__).resolve().parents[2]
 
 
-#: What the exported test policy depends on: the cached file is reused only while none changed.
-_EXPORT_SOURCES = ("export/onnx.py", "deploy/policy.py", "toolkit/nn.py", "toolkit/normalizer.py",
-                   "toolkit/checkpoint.py", "toolkit/contract", "toolkit/__init__.py",
-                   "tests/export/helpers.py", "robots/dclaw/spec.py", "robots/dclaw/turn.py")
-
-
 @pytest.fixture(scope="session")
-def exported_policy(request, tmp_path_factory) -> Path:
+def exported_policy(tmp_path_factory) -> Path:
     """An ONNX file written by the real exporter (``export.onnx``) from a trainer-format checkpoint
     of an untrained actor with a non-trivial observation normalizer; its checkpoint lies in
-    ``<dir>/deploy-tests/``. Exporting costs ~10 s: the result is kept in pytest's cache, keyed
-    by the hash of the sources it depends on (a fresh clone, as in CI, exports once)."""
-    digest = hashlib.sha256(torch_version().encode())
-    for name in _EXPORT_SOURCES:
-        digest.update((REPO / name).read_bytes())
-    cache = getattr(request.config, "cache", None)
-    root = (cache.mkdir("deploy-exported-policy") / digest.hexdigest()[:16]) if cache else \
-        tmp_path_factory.mktemp("exported")
+    ``<dir>/deploy-tests/``. Exported once per test session (~10 s), never cached across sessions:
+    a cache keyed on some of the sources it depends on could hand out a stale file."""
+    from export.onnx import export_policy, load_exportable
+    from tests.export.helpers import make_checkpoint
+
+    root = tmp_path_factory.mktemp("exported")
     path = root / "policy.onnx"
-    if not path.is_file():
-        from export.onnx import export_policy, load_exportable
-        from tests.export.helpers import make_checkpoint
-
-        root.mkdir(parents=True, exist_ok=True)
-        checkpoint = make_checkpoint(root / "deploy-tests")
-        export_policy(load_exportable(checkpoint), path, rollout_steps=5, rollout_envs=1)
+    checkpoint = make_checkpoint(root / "deploy-tests")
+    export_policy(load_exportable(checkpoint), path, rollout_steps=5, rollout_envs=1)
     return path
-
-
-def torch_version() -> str:
-    from importlib.metadata import version
-
-    return version("torch")
 
 
 @pytest.fixture
