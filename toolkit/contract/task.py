@@ -52,6 +52,8 @@ class Task(ABC):
     reward_scales: Mapping[str, float]
     #: reading name -> observation-noise std applied under domain randomization.
     noisy_readings: Mapping[str, float] = {}
+    #: name of the scene camera that frames the robot and its object (videos, render(), replays).
+    camera: str = "overview"
     #: set by :meth:`bind` (see :func:`bind_robot`).
     indices: RobotIndices
 
