@@ -1,6 +1,7 @@
 """PQL vs PPO: wall-clock time to a target evaluation success, same task, same machine (issue 4).
 
     python -m benchmarks.pql_vs_ppo --task dclaw-turn --target-success 0.8 --max-time-s 1800 --json
+    python -m benchmarks.pql_vs_ppo --plot pql_vs_ppo.png     # + both eval-success curves on one figure
 
 The PQL paper (arXiv 2307.12983) reports PQL reaching a given success about 3x faster in wall
 clock than PPO. This benchmark trains the same task twice, one algorithm after the other:
@@ -38,12 +39,14 @@ best_eval_success, curve [{wall_time_s, env_steps, eval_success, eval_return}], 
 wall_time_s, env_steps, setup_s, stop_reason, load_avg_before/after, config, ...},
 ratio_ppo_over_pql (time to target, null unless both reached it), env_steps_ratio_ppo_over_pql,
 at_best_common_success {success (the best eval success both reached), pql_time_s, ppo_time_s,
-ratio_ppo_over_pql} (informative when one misses the target), machine {cpu_count, torch, ...}.
+ratio_ppo_over_pql} (informative when one misses the target), machine {cpu_count, torch, ...},
+and with ``--plot out.png`` the figure's path (both eval-success curves against wall time).
 """
 
 from __future__ import annotations
 
 import contextlib
+import functools
 import json
 import math
 import os
@@ -61,8 +64,9 @@ import torch
 import tyro
 
 from robots import make_task
-from toolkit.config import LogConfig, PQLConfig, TrainConfig, to_dict
+from toolkit.config import LogConfig, PlacementKind, PQLConfig, TrainConfig, to_dict
 from toolkit.envs.vec_env import VecEnv
+from toolkit.plot import EvalCurve, check_image_path, plot_curves
 from toolkit.pql.evaluate import evaluate
 from toolkit.pql.trainer import EVAL_SEED_OFFSET, Trainer
 
@@ -92,7 +96,7 @@ class Args:
     """Seconds of training between evaluations (both algorithms): the resolution of time-to-target."""
     eval_envs: int = 32
     """Episodes per evaluation (one deterministic episode per env)."""
-    pql_num_envs: int = TrainConfig().num_envs
+    pql_num_envs: int = TrainConfig().env.num_envs
     """Envs stepped by PQL's actor (the trainer's default)."""
     pql_mode: Literal["process", "sequential"] = "process"
     """PQL placement: process (the real thing: three processes) or sequential (one process, for tests)."""
@@ -120,6 +124,8 @@ class Args:
     """Keep PQL's run directory under this path (default: a temporary directory, removed)."""
     json: bool = False
     """Print only the JSON result line."""
+    plot: Path | None = None
+    """Also draw both algorithms' eval success against wall time on one figure (.png, .pdf, .svg)."""
 
 
 def check_args(args: Args) -> None:
@@ -138,14 +144,16 @@ def check_args(args: Args) -> None:
                          f"--ppo-mini-batches {args.ppo_mini_batches}")
     if not args.algorithms:
         raise ValueError(f"--algorithms is empty: name one or more of {ALGORITHMS}")
+    if args.plot is not None:
+        check_image_path(args.plot)  # a bad --plot fails now, not after the training runs
 
 
 def pql_train_config(args: Args, run_dir: str | None = None) -> TrainConfig:
     """The PQL trainer's config; its ``env_config`` also builds PPO's training and eval envs."""
-    return TrainConfig(
+    return TrainConfig().replace(
         task=args.task, num_envs=args.pql_num_envs, randomize=args.randomize, seed=args.seed, nthread=args.nthread,
-        mode=args.pql_mode, max_time_s=args.max_time_s, stop_at_success=args.target_success, run_dir=run_dir,
-        pql=args.pql,
+        placement=PlacementKind(args.pql_mode), max_time_s=args.max_time_s, stop_at_success=args.target_success,
+        run_dir=run_dir, pql=args.pql,
         log=LogConfig(log_interval_s=min(10.0, args.eval_interval_s), eval_interval_s=args.eval_interval_s,
                       eval_envs=args.eval_envs, checkpoint_interval_s=1e9, tensorboard=False))
 
@@ -228,10 +236,10 @@ def _progress(name: str, point: dict) -> None:
 class _TimedTrainer(Trainer):
     """The PQL trainer, recording each evaluation on the benchmark's clock (started at ``t0``)."""
 
-    def __init__(self, cfg: TrainConfig, t0: float) -> None:
+    def __init__(self, cfg: TrainConfig, task: str, t0: float) -> None:
         self.t0 = t0
         self.curve: list[dict] = []
-        super().__init__(cfg)
+        super().__init__(cfg, functools.partial(make_task, task))
 
     def run_evaluation(self) -> dict[str, float]:
         taken, env_steps = time.perf_counter() - self.t0, self.counters()["env_steps"]
@@ -257,13 +265,13 @@ def run_pql(args: Args) -> dict:
         cfg = pql_train_config(args, run_dir=str(run_dir / "pql"))
         load_before = _load()
         t0 = time.perf_counter()
-        trainer = _TimedTrainer(cfg, t0)
+        trainer = _TimedTrainer(cfg, args.task, t0)
         setup_s = time.perf_counter() - t0
         result = trainer.run()
         wall = time.perf_counter() - t0
-    return {**summarize(trainer.curve, args.target_success), "curve": trainer.curve, "num_envs": cfg.num_envs,
+    return {**summarize(trainer.curve, args.target_success), "curve": trainer.curve, "num_envs": cfg.env.num_envs,
             "wall_time_s": round(wall, 3), "env_steps": result.counters["env_steps"], "setup_s": round(setup_s, 3),
-            "stop_reason": result.stop_reason, "counters": result.counters, "mode": cfg.mode,
+            "stop_reason": result.stop_reason, "counters": result.counters, "mode": cfg.placement.placement.value,
             "load_avg_before": load_before, "load_avg_after": _load(), "config": to_dict(cfg)}
 
 
@@ -352,7 +360,19 @@ def run(args: Args) -> dict:
     else:
         result.update(ratio_ppo_over_pql=None, env_steps_ratio_ppo_over_pql=None, at_best_common_success=None)
     result["machine"]["load_avg_end"] = _load()
+    if args.plot is not None:
+        result["plot"] = str(plot_comparison(result, args.plot))
     return result
+
+
+def plot_comparison(result: dict, out: Path) -> Path:
+    """Both algorithms' eval success against wall time (their own clocks) on one figure, with the
+    target as a dashed line (toolkit.plot's drawing code)."""
+    curves = [EvalCurve.from_points(f"{name.upper()} ({result[name]['num_envs']} envs)", result[name]["curve"])
+              for name in ALGORITHMS if name in result]
+    return plot_curves(curves, out, x_axes=("wall_time_s",), metrics=("eval_success",),
+                       title=f"{result['task']}: time to eval success {result['target_success']:g}",
+                       target_success=result["target_success"])
 
 
 def _fmt(value, spec: str) -> str:
@@ -373,6 +393,8 @@ def main(args: Args) -> None:
         common = result["at_best_common_success"] or {}
         print(f"  ratio PPO/PQL: {_fmt(result['ratio_ppo_over_pql'], '.2f')} at the target, "
               f"{_fmt(common.get('ratio_ppo_over_pql'), '.2f')} at success {_fmt(common.get('success'), '.2f')}")
+        if "plot" in result:
+            print(f"  curves: {result['plot']}")
     print(json.dumps(result))
 
 

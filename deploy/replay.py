@@ -35,6 +35,7 @@ import numpy as np
 import tyro
 
 from deploy.log import Episode, LogFormatError, LogReader
+from toolkit.contract.policy import decode_metadata
 
 
 @dataclass
@@ -76,8 +77,8 @@ def _simulator(reader: LogReader, episode: Episode):
     from deploy.backends.sim import SimBackend
     from robots import make_task
 
-    metadata = json.loads(reader.attrs["policy_metadata"])
-    task = make_task(metadata["task"], **json.loads(metadata["task_overrides"]))
+    metadata = decode_metadata(json.loads(reader.attrs["policy_metadata"]))
+    task = make_task(metadata.task, **metadata.task_overrides)
     dr = {k[3:]: v for k, v in episode.reset.items() if k.startswith("dr/")}
     backend = SimBackend(task, float(reader.attrs["control_dt"]), randomize=bool(dr))
     backend.open()
@@ -87,7 +88,7 @@ def _simulator(reader: LogReader, episode: Episode):
         print(f"deploy.replay: warning: the log used a {logged_timestep} s timestep, the model now "
               f"{backend.model.opt.timestep} s", file=sys.stderr)
     if dr:
-        backend.randomizer.apply(dr)
+        backend.apply_randomization(dr)
     return task, backend
 
 
@@ -104,6 +105,8 @@ def replay_state(reader: LogReader, episode: Episode) -> ReplayReport:
     previous_actions = np.vstack([np.zeros((1, actions.shape[1])), actions[:-1]])
     task_states = episode.group("task_state")
     logged_readings = episode.group("readings")
+    # A randomized sim's observation noise: logged readings as observed minus as measured.
+    noise = {name: value - logged_readings[name] for name, value in episode.group("observed_readings").items()}
     has_state = "sim/state" in episode.data
     diff = np.zeros(steps)
     for k in range(steps):
@@ -113,6 +116,7 @@ def replay_state(reader: LogReader, episode: Episode) -> ReplayReport:
             readings, _ = backend.read()
         else:
             readings = {name: value[k][None] for name, value in logged_readings.items()}
+        readings = {name: value + noise[name][k] if name in noise else value for name, value in readings.items()}
         state = {name: value[k][None] for name, value in task_states.items()}
         obs = task.observe(readings, state, previous_targets[k][None], previous_actions[k][None]).astype(np.float32)
         diff[k] = np.max(np.abs(obs[0].astype(np.float64) - episode["obs"][k]))
@@ -138,10 +142,17 @@ def replay_actions(reader: LogReader, episode: Episode) -> ReplayReport:
     settle_derived(model, data)
     logged = episode["readings/joint_pos"]
     replayed = np.zeros_like(logged)
+    states = episode.data.get("sim/state")
+    scratch = mujoco.MjData(model)
     for k in range(episode.steps):
         readings, _ = backend.read()
         replayed[k] = readings["joint_pos"][0]
-        backend.write(episode["joint_targets"][k])
+        forces = None
+        if states is not None and k + 1 < episode.steps:
+            # The forces the logged step applied (DR pushes) are in force at the next logged state.
+            mujoco.mj_setState(model, scratch, states[k + 1], STATE_SPEC)
+            forces = scratch.xfrc_applied
+        backend.advance(episode["joint_targets"][k], forces)
     diff = np.max(np.abs(replayed - logged), axis=1) if episode.steps else np.zeros(0)
     return ReplayReport("actions", episode.index, episode.steps, source, diff, replayed)
 

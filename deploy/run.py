@@ -29,8 +29,9 @@ import toolkit
 from deploy.backends.base import Backend
 from deploy.errors import DeployError, ExitCode, Interrupted, LogError, PolicyMismatchError
 from deploy.log import LogWriter
-from deploy.policy import PolicyError, encode_metadata, load_policy
+from deploy.policy import load_policy
 from deploy.runner import EpisodeResult, Runner, RunnerConfig, check_policy
+from toolkit.contract.policy import PolicyError, encode_metadata
 
 
 @dataclass
@@ -54,7 +55,8 @@ class Args:
     seed: int = 0
     """Seed of the episodes' goals, initial states and domain randomization."""
     randomize: bool = False
-    """sim: draw the task's domain-randomization ranges (physics parameters) per episode."""
+    """sim: domain randomization as in training: the task's DR ranges drawn per episode (physics), action noise
+    and latency, observation noise and pushes."""
     goal: float | None = None
     """Fixed goal angle (rad) for the valve task instead of the task's reset distribution."""
     port: str = "/dev/ttyUSB0"
@@ -132,6 +134,10 @@ def format_episode(result: EpisodeResult, control_dt: float) -> str:
             f"jitter p99 {s['jitter_p99_ms']:.2f} ms"
             f" | deadline misses {s['overruns']} | policy {s['policy_mean_ms']:.2f} ms (p99 {s['policy_p99_ms']:.2f})"
             f" | read {s['read_mean_ms']:.2f} ms (p99 {s['read_p99_ms']:.2f})")
+    if result.metrics:
+        line += "".join(f" | {name} {value:g}" for name, value in result.metrics.items())
+    if result.terminated:
+        line += " | terminated by the task"
     if result.status:
         line += f" | stopped: {result.message.splitlines()[0]}"
     return line
@@ -140,7 +146,7 @@ def format_episode(result: EpisodeResult, control_dt: float) -> str:
 def session_attrs(args: Args, metadata, backend: Backend, runner: Runner) -> dict:
     """Root attributes of the log: what ran, where, at which rate, with which policy."""
     attrs = {
-        "backend": backend.name, "backend_info": backend.info(), "robot": metadata.robot, "task": metadata.task,
+        "backend": backend.name, "backend_info": backend.info(), "robot": metadata.robot.name, "task": metadata.task,
         "control_dt": runner.control_dt, "rate_hz": 1.0 / runner.control_dt, "episode_steps": runner.episode_steps,
         "seed": args.seed, "randomize": args.randomize, "max_overruns": args.max_overruns,
         "max_stale_reads": args.max_stale_reads, "max_joint_speed": backend.robot.max_joint_speed,
@@ -182,7 +188,7 @@ def run(args: Args) -> int:
         return fail(ExitCode.POLICY_MISMATCH, "policy refused",
                     f"the policy's task '{metadata.task}' with overrides {metadata.task_overrides} cannot be made "
                     f"here: {error}")
-    control_dt = args.control_dt or metadata.control_dt
+    control_dt = args.control_dt or metadata.robot.control_dt
     goal = {} if args.goal is None else {"goal_angle": args.goal}
     cfg = RunnerConfig(episodes=args.episodes, episode_steps=args.episode_steps, control_dt=args.control_dt,
                        max_overruns=args.max_overruns, max_stale_reads=args.max_stale_reads,

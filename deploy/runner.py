@@ -4,13 +4,21 @@ One step at deadline ``t_k = t_0 + k * control_dt`` (absolute deadlines from
 ``time.perf_counter_ns``, so errors never accumulate):
 
 1. read the sensors (``backend.read``) and check they are fresh (watchdog);
-2. ``obs = task.observe(readings, task_state, joint_targets, last_action)`` - the training
-   code itself, called with numpy arrays;
-3. ``action = policy(obs)``; ``target = relative_joint_target(...)`` - the training action
-   mapping; ``command = clamp_joint_command(target, previous, limits, max_joint_speed * dt)``
-   - the safety clamp, applied to every command, always;
-4. ``backend.write(command)``; hand the step's record to the log writer thread;
-5. sleep until ~``spin_s`` before ``t_{k+1}``, then spin to the deadline.
+2. from step 1 on, the outcome of the previous action - :func:`toolkit.contract.step.task_step`,
+   the training env's own step function called with numpy arrays: reward terms x scales, success,
+   failure termination (an episode ends when the task says so, as in training), goal updates;
+3. ``obs = observe(...)`` - the training observation (with the sim's observation noise when
+   randomized);
+4. ``action = policy(obs)``; ``target = next_joint_targets(...)`` - the training action mapping
+   (with the sim's action noise and latency when randomized);
+   ``command = clamp_joint_command(target, previous, limits, max_joint_speed * dt)`` - the
+   safety clamp, applied to every command, always;
+5. ``backend.write(command)``; hand the step's record to the log writer;
+6. sleep until ~``spin_s`` before ``t_{k+1}``, then spin to the deadline.
+
+Random numbers (episode draws, DR) come from one per-env stream (:mod:`toolkit.contract.rng`)
+seeded with ``RunnerConfig.seed``, drawn in the training env's order: with the same seed and
+policy, the deployment sim replays the episodes of a one-env training VecEnv seeded alike.
 
 A step whose work ends after the next deadline is an overrun; ``max_overruns`` overruns in a
 row stop the run (:class:`~deploy.errors.WatchdogOverrun`), as do ``max_stale_reads`` reads in a
@@ -35,9 +43,11 @@ import numpy as np
 from deploy.backends.base import Backend, Field
 from deploy.errors import DeployError, ExitCode, NonFiniteError, PolicyMismatchError, StaleSensorData, WatchdogOverrun
 from deploy.log import LogWriter
-from deploy.policy import PolicyError
+from toolkit.contract.policy import PolicyError, mismatches
+from toolkit.contract.rng import EnvStreams, env_seeds
+from toolkit.contract.robot import RobotSpec, clamp_joint_command
+from toolkit.contract.step import next_joint_targets, observed_readings, task_step
 from toolkit.contract.task import Task
-from toolkit.contract.robot import RobotSpec, clamp_joint_command, relative_joint_target
 
 TIMING_FIELDS = ("period", "lateness", "read_latency", "policy_latency", "write_latency", "compute")
 
@@ -53,7 +63,8 @@ class RunnerConfig:
         max_overruns: consecutive deadline overruns that stop the run.
         max_stale_reads: consecutive reads without new device data that stop the run.
         spin_s: how long before a deadline the loop stops sleeping and busy-waits.
-        seed: seed of the episode draws (goals, initial states, DR).
+        seed: seed of the episode draws (goals, initial states, DR): the per-env stream of a
+            training env seeded alike.
         task_state: fixed task-state values (e.g. ``{"goal_angle": 1.0}``) overriding the draws.
         switch_interval_s: Python's GIL switch interval during the run (short, so that the log
             writer thread cannot hold the control loop off its deadline for the default 5 ms).
@@ -89,6 +100,8 @@ class EpisodeResult:
     message: str
     overruns: int
     timing: dict[str, np.ndarray]
+    terminated: bool = False
+    metrics: dict[str, float] = field(default_factory=dict)
 
     def summary(self, control_dt: float) -> dict[str, float]:
         """Timing statistics in milliseconds (periods exclude the first step)."""
@@ -112,38 +125,10 @@ class EpisodeResult:
 
 
 def check_policy(metadata, task: Task, robot: RobotSpec) -> None:
-    """Refuse a policy that cannot drive ``robot`` on ``task``: every mismatch, one message.
-
-    Compared: robot name, task name, joint names and order, observation layout (fields,
-    sizes, schema hash), action size, action scale, joint limits, default joint targets and
-    control period. Raises :class:`PolicyMismatchError` before anything moves.
-    """
-    problems = []
-    if metadata.robot != robot.name:
-        problems.append(f"robot: the policy was trained for '{metadata.robot}', the backend drives '{robot.name}'")
-    if metadata.task != task.name:
-        problems.append(f"task: the policy was trained on '{metadata.task}', the runner has '{task.name}'")
-    if tuple(metadata.joint_names) != tuple(robot.joint_names):
-        problems.append(f"joint names: policy {list(metadata.joint_names)} vs robot {list(robot.joint_names)}")
-    layout = task.obs_layout
-    if tuple(metadata.obs_layout.fields) != tuple(layout.fields):
-        problems.append(f"observation layout: policy {list(metadata.obs_layout.fields)} vs task "
-                        f"'{task.name}' {list(layout.fields)}")
-    if metadata.schema_hash != layout.schema_hash():
-        problems.append(f"observation schema hash: policy {metadata.schema_hash} vs task {layout.schema_hash()}")
-    if metadata.obs_size != layout.size:
-        problems.append(f"observation size: policy {metadata.obs_size} vs task {layout.size}")
-    if metadata.action_size != robot.num_joints:
-        problems.append(f"action size: policy {metadata.action_size} vs robot {robot.num_joints} joints")
-    for name, theirs, ours in (("action_scale", metadata.action_scale, robot.action_scale),
-                               ("joint_low", metadata.joint_low, robot.joint_low),
-                               ("joint_high", metadata.joint_high, robot.joint_high),
-                               ("default_joint_targets", metadata.default_joint_targets, robot.default_pose)):
-        theirs = np.asarray(theirs, dtype=np.float64)
-        if theirs.shape != ours.shape or not np.allclose(theirs, ours, atol=1e-6):
-            problems.append(f"{name}: policy {np.round(theirs, 4).tolist()} vs robot {np.round(ours, 4).tolist()}")
-    if not np.isclose(metadata.control_dt, robot.control_dt, rtol=1e-6):
-        problems.append(f"control_dt: policy {metadata.control_dt} s vs robot {robot.control_dt} s")
+    """Refuse a policy that cannot drive ``robot`` on ``task``: every mismatch
+    (:func:`toolkit.contract.policy.mismatches`) in one :class:`PolicyMismatchError`, raised
+    before anything moves."""
+    problems = mismatches(metadata, robot, task)
     if problems:
         raise PolicyMismatchError(
             f"refusing policy (run '{metadata.run_name}', step {metadata.training_step}): it does not match this "
@@ -236,7 +221,7 @@ class Runner:
         self.task = backend.task
         self.robot = backend.robot
         check_policy(policy.metadata, self.task, self.robot)
-        self.control_dt = float(cfg.control_dt or policy.metadata.control_dt)
+        self.control_dt = float(cfg.control_dt or policy.metadata.robot.control_dt)
         if self.control_dt <= 0:
             raise ValueError(f"control_dt must be positive, got {self.control_dt}")
         self.episode_steps = cfg.episode_steps or self.task.episode_steps
@@ -246,7 +231,9 @@ class Runner:
         self.low, self.high = robot.joint_low, robot.joint_high
         self.action_scale = robot.action_scale
         self.max_step = robot.max_joint_speed * self.control_dt
-        self.rng = np.random.default_rng(cfg.seed)
+        self.streams = EnvStreams(1)
+        self.streams.seed(env_seeds(cfg.seed, 1))
+        self.rand = self.streams.rand_for(None)
         self.results: list[EpisodeResult] = []
 
     # --- log schema -------------------------------------------------------------------
@@ -262,6 +249,9 @@ class Runner:
             **{f"timing/{name}": Field(()) for name in TIMING_FIELDS},
             **{f"readings/{k}": Field(v.shape[1:]) for k, v in readings.items()},
             **{f"task_state/{k}": Field(v.shape[1:]) for k, v in task_state.items()},
+            # A randomized sim's noisy readings, which the observation was computed from.
+            **({f"observed_readings/{k}": Field(readings[k].shape[1:]) for k in self.task.noisy_readings}
+               if self.backend.randomizer is not None else {}),
             **self.backend.step_fields(),
         }
         return fields
@@ -290,14 +280,18 @@ class Runner:
         return self.results
 
     def run_episode(self, index: int) -> EpisodeResult:
-        """Reset, then run one episode at control rate."""
-        backend, task = self.backend, self.task
+        """Reset, then run one episode at control rate (until its last step, or the task's
+        failure termination)."""
+        backend, task, rand = self.backend, self.task, self.rand
         steps, total, success, overruns, consecutive, stale = 0, 0.0, None, 0, 0, 0
+        terminated, metrics = False, {}
         timing = {name: np.full(self.episode_steps, np.nan) for name in TIMING_FIELDS}
         pacer = Pacer(round(self.control_dt * 1e9), round(self.cfg.spin_s * 1e9), self.cfg.realtime)
         status, message = ExitCode.OK, "completed"
         try:
-            reset = backend.reset(self.rng)  # a fault here is recorded as this episode's outcome too
+            reset = backend.reset(rand)  # a fault here is recorded as this episode's outcome too
+            perturbation = backend.randomizer
+            noisy = perturbation is not None and bool(task.noisy_readings)
             task_state = self._apply_overrides(reset.task_state)
             targets = np.asarray(reset.joint_targets, dtype=np.float64).reshape(1, -1)
             last_action = np.zeros_like(targets)
@@ -323,16 +317,21 @@ class Runner:
                     raise StaleSensorData(f"sensor data did not update for {stale} consecutive reads (episode "
                                           f"{index}, step {k}){': ' + detail if detail else ''}: a servo or the bus "
                                           "stopped delivering new values")
-                if k > 0:  # the outcome of the previous action, as the training env computes it
-                    reward, step_success = self._outcome(readings, task_state, last_action, targets)
-                    total += reward
-                    success = step_success
+                if k > 0:  # the outcome of the previous action, computed by the training env's step function
+                    outcome = task_step(task, readings, task_state, last_action, targets, rand)
+                    total += float(outcome.reward[0])
+                    success = bool(outcome.success[0])
+                    terminated = bool(outcome.terminated[0])
+                    metrics = {name: float(value[0]) for name, value in outcome.metrics.items()}
                     if log is not None:
-                        log.append(index, {"reward": np.float64(reward), "success": np.int8(step_success)})
-                if k == self.episode_steps:
+                        log.append(index, {"reward": np.float64(outcome.reward[0]), "success": np.int8(success)})
+                # Observed also after the last step: the training env does (its final observation),
+                # which keeps the random streams of both in step.
+                seen = observed_readings(task, readings, perturbation, rand)
+                obs = task.observe(seen, task_state, targets, last_action).astype(np.float32)
+                if k == self.episode_steps or terminated:
                     break
                 state = backend.state()
-                obs = task.observe(readings, task_state, targets, last_action).astype(np.float32)
                 self._check_finite("observation", obs[0], index, k, task.obs_layout.slices())
                 policy_start = time.perf_counter_ns()
                 try:
@@ -344,7 +343,8 @@ class Runner:
                 policy_done = time.perf_counter_ns()
                 self._check_finite("action", action[0], index, k, None)
                 action64 = action.astype(np.float64)
-                target = relative_joint_target(targets, action64, self.action_scale, self.low, self.high)
+                target = next_joint_targets(targets, action64, self.action_scale, self.low, self.high, perturbation,
+                                            rand)
                 command = clamp_joint_command(target, targets, self.low, self.high, self.max_step)
                 backend.write(command[0])
                 end = time.perf_counter_ns()
@@ -369,6 +369,7 @@ class Runner:
                         "time": np.float64((start - t0) * 1e-9), "timing/overrun": np.int8(overrun),
                         **{f"timing/{n}": np.float64(v) for n, v in step_timing.items()},
                         **{f"readings/{n}": v[0] for n, v in readings.items()},
+                        **({f"observed_readings/{n}": seen[n][0] for n in task.noisy_readings} if noisy else {}),
                         **{f"task_state/{n}": v[0].copy() for n, v in task_state.items()},
                         **state,
                     })
@@ -389,21 +390,15 @@ class Runner:
             raise
         finally:
             gc.enable()
+        if terminated:
+            message = f"terminated by the task after {steps} steps (failure, e.g. the object dropped)"
         if log is not None:
             log.end_episode(index, status, message, steps, success, total)
             log.check()
         return EpisodeResult(index, steps, success, total, int(status), message, overruns,
-                             {n: v[:steps] for n, v in timing.items()})
+                             {n: v[:steps] for n, v in timing.items()}, terminated, metrics)
 
     # --- helpers ----------------------------------------------------------------------
-    def _outcome(self, readings, task_state, action, targets) -> tuple[float, bool]:
-        task = self.task
-        terms = task.reward_terms(readings, task_state, action, targets)
-        reward = float(sum(task.reward_scales[name] * value[0] for name, value in terms.items()))
-        success = task.success(readings, task_state)
-        task.update_goals(readings, task_state, success, self.rng.random)
-        return reward, bool(success[0])
-
     def _apply_overrides(self, task_state: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         for name, value in self.cfg.task_state.items():
             if name not in task_state:

@@ -2,7 +2,7 @@
 
 For the jitter benchmark, dry runs of the deployment wiring and tests that need a policy with
 a particular behaviour (saturated, NaN-producing, mismatching metadata). The graph is built with
-``onnx.helper`` and its metadata written by :func:`deploy.policy.encode_metadata`, the function
+``onnx.helper`` and its metadata written by :func:`toolkit.contract.policy.encode_metadata`, the function
 ``export.onnx`` uses, so :func:`deploy.policy.load_policy` reads it like an exported file.
 A synthetic policy is not trained: never expect it to solve the task.
 """
@@ -17,18 +17,23 @@ import onnx
 from onnx import TensorProto, helper, numpy_helper
 
 import toolkit
-from deploy.policy import PolicyMetadata, encode_metadata
+from toolkit.contract.policy import PolicyMetadata, encode_metadata
+from toolkit.contract.robot import RobotSpec
 from toolkit.contract.task import Task
+
+_ROBOT_FIELDS = {f.name for f in dataclasses.fields(RobotSpec)}
 
 
 def task_metadata(task: Task, task_overrides: dict | None = None, **replace) -> PolicyMetadata:
-    """The metadata an export of a policy for ``task`` carries; ``replace`` alters fields."""
-    robot, layout = task.robot, task.obs_layout
-    metadata = PolicyMetadata(
-        robot=robot.name, task=task.name, task_overrides=dict(task_overrides or {}), joint_names=robot.joint_names,
-        action_scale=robot.action_scale, joint_low=robot.joint_low, joint_high=robot.joint_high,
-        default_joint_targets=robot.default_pose, control_dt=robot.control_dt, obs_layout=layout,
-        schema_hash=layout.schema_hash(), toolkit_version=toolkit.__version__, run_name="synthetic", training_step=0)
+    """The metadata an export of a policy for ``task`` carries; ``replace`` alters fields, of the
+    metadata or of its robot (``joint_low=...``; ``robot_name=...`` renames the robot)."""
+    robot_changes = {name: replace.pop(name) for name in list(replace) if name in _ROBOT_FIELDS - {"name"}}
+    if "robot_name" in replace:
+        robot_changes["name"] = replace.pop("robot_name")
+    metadata = PolicyMetadata.for_task(task, run_name="synthetic", training_step=0,
+                                       toolkit_version=toolkit.__version__, task_overrides=task_overrides)
+    if robot_changes:
+        replace["robot"] = dataclasses.replace(task.robot, **robot_changes)
     return dataclasses.replace(metadata, **replace) if replace else metadata
 
 

@@ -7,10 +7,10 @@ The graph is raw observation ``obs`` (batch, O) float32 -> observation normalize
 (tanh) -> ``action`` (batch, A) float32 in [-1, 1], with a dynamic batch dimension. Only the
 actor's observation is exported (an asymmetric critic's privileged inputs stay behind). The file's
 metadata (robot, task, joints, limits, control dt, observation layout and its schema hash, run,
-step, ...) is defined by :mod:`deploy.policy`, which also reads it back.
+step, ...) is :class:`toolkit.contract.policy.PolicyMetadata`, which the deployment reads back.
 
-Every export is verified before it replaces ``--out``: ``onnx.checker``, the deployment reader
-(metadata round trip, graph shapes), and onnxruntime vs torch on random observations and on
+Every export is verified before it replaces ``--out``: ``onnx.checker``, the contract's metadata
+decoder (round trip, graph shapes), and onnxruntime vs torch on random observations and on
 observations of a short rollout of the task with the policy; a max abs difference above
 ``TOLERANCE`` (1e-5) fails the export with the numbers.
 
@@ -43,13 +43,12 @@ from typing import Literal
 
 import numpy as np
 import onnx
+import onnxruntime as ort
 import torch
 import tyro
 from torch import nn
 
 import toolkit
-from deploy.policy import METADATA_FORMAT, OnnxPolicy, PolicyError, PolicyMetadata, encode_metadata
-from deploy.policy import load_policy as load_onnx_policy
 from robots import make_task
 from toolkit.checkpoint import (
     CheckpointError,
@@ -61,6 +60,7 @@ from toolkit.checkpoint import (
     load_policy,
 )
 from toolkit.config import EnvConfig
+from toolkit.contract.policy import METADATA_FORMAT, PolicyError, PolicyMetadata, decode_metadata, encode_metadata
 from toolkit.contract.task import Task
 from toolkit.normalizer import RunningNorm
 
@@ -138,6 +138,7 @@ class ExportReport:
     def format(self, check_only: bool = False) -> str:
         """The command's printout: graph interface, opset, parity figures and a metadata summary."""
         meta = self.metadata
+        robot = meta.robot
         overrides = meta.task_overrides or "{}"
         lines = [
             f"verified {self.path} against {self.checkpoint}" if check_only
@@ -151,13 +152,15 @@ class ExportReport:
             f"{self.rows_rollout} rollout observations ({self.rollout})",
             "  metadata",
             f"    format          {METADATA_FORMAT}",
-            f"    robot / task    {meta.robot} / {meta.task}, overrides {overrides}",
+            f"    robot / task    {robot.name} / {meta.task}, overrides {overrides}",
+            f"    calibration     {meta.calibration.get('hash', '-') if meta.calibration else 'none'}",
             f"    run / step      {meta.run_name or '-'} / {meta.training_step} env steps",
-            f"    joints ({meta.action_size})      {' '.join(meta.joint_names)}",
-            f"    action scale    {_floats(meta.action_scale)}",
-            f"    joint limits    low {_floats(meta.joint_low)}  high {_floats(meta.joint_high)}",
-            f"    default targets {_floats(meta.default_joint_targets)}",
-            f"    control dt      {meta.control_dt:g} s ({1 / meta.control_dt:g} Hz)",
+            f"    joints ({meta.action_size})      {' '.join(robot.joint_names)}",
+            f"    action scale    {_floats(robot.action_scale)}",
+            f"    joint limits    low {_floats(robot.joint_low)}  high {_floats(robot.joint_high)}",
+            f"    default pose    {_floats(robot.default_pose)}",
+            f"    control dt      {robot.control_dt:g} s ({1 / robot.control_dt:g} Hz), max joint speed "
+            f"{robot.max_joint_speed:g} rad/s",
             f"    observation     {meta.obs_size}: " + ", ".join(f"{n}:{s}" for n, s in meta.obs_layout.fields),
             f"    schema hash     {meta.schema_hash}",
             f"    toolkit         {meta.toolkit_version}",
@@ -214,19 +217,15 @@ def prepare(policy: LoadedPolicy, config: Mapping | None = None) -> Exportable:
     if normalizer is not None:
         normalizer.clip = clip
     graph = PolicyGraph(policy.actor, normalizer).eval()
-    robot = task.robot
     try:
-        metadata = PolicyMetadata(
-            robot=robot.name, task=policy.task, task_overrides=dict(policy.task_overrides),
-            joint_names=robot.joint_names, action_scale=robot.action_scale, joint_low=robot.joint_low,
-            joint_high=robot.joint_high, default_joint_targets=robot.default_pose, control_dt=robot.control_dt,
-            obs_layout=policy.obs_layout, schema_hash=policy.obs_layout.schema_hash(),
-            toolkit_version=toolkit.__version__, run_name=policy.run_name or _run_name(policy.checkpoint_path),
-            training_step=int(policy.env_steps))
+        metadata = PolicyMetadata.for_task(
+            task, run_name=policy.run_name or _run_name(policy.checkpoint_path), training_step=int(policy.env_steps),
+            toolkit_version=toolkit.__version__, task_overrides=policy.task_overrides,
+            calibration=policy.calibration)
     except PolicyError as error:
         raise ExportError(f"cannot describe the policy: {error}") from None
-    extra = {"max_joint_speed": repr(float(robot.max_joint_speed)), "checkpoint": Path(policy.checkpoint_path).name,
-             "normalize_obs": str(normalize).lower(), "obs_clip": repr(float(clip))}
+    extra = {"checkpoint": Path(policy.checkpoint_path).name, "normalize_obs": str(normalize).lower(),
+             "obs_clip": repr(float(clip))}
     return Exportable(policy=policy, graph=graph, metadata=metadata, extra_metadata=extra)
 
 
@@ -330,7 +329,7 @@ def verify_file(source: Exportable, path: Path, *, opset: int | None = None, rol
     """Check the ONNX file ``path`` against ``source``; raises :class:`ExportError` with the numbers.
 
     onnx.checker (full), float32 only, the opset (``opset``, or >= MIN_OPSET), the metadata as read
-    by :mod:`deploy.policy` equal to ``source.metadata``, then onnxruntime vs torch on random and
+    by the contract equal to ``source.metadata``, then onnxruntime vs torch on random and
     rollout observations (max abs difference <= TOLERANCE; batch 1 included).
     """
     try:
@@ -343,10 +342,7 @@ def verify_file(source: Exportable, path: Path, *, opset: int | None = None, rol
         raise ExportError(f"'{path}' has opset {got}, expected {opset or f'>= {MIN_OPSET}'}")
     _check_float32(model, path)
     exporter = next((p.value for p in model.metadata_props if p.key == "exporter"), "exporter unknown")
-    try:
-        runtime = load_onnx_policy(path)
-    except PolicyError as error:
-        raise ExportError(f"the deployment reader refuses the file: {error}") from None
+    runtime = _Runtime(model, path)
     if runtime.metadata != source.metadata:
         expected, found = encode_metadata(source.metadata), encode_metadata(runtime.metadata)
         keys = [key for key in expected if expected[key] != found[key]]
@@ -376,11 +372,46 @@ def verify_file(source: Exportable, path: Path, *, opset: int | None = None, rol
                         metadata=runtime.metadata)
 
 
-def max_abs_diff(runtime: OnnxPolicy, graph: nn.Module, obs: np.ndarray) -> float:
+class _Runtime:
+    """The written file on onnxruntime, read the way a deployment reads it: its metadata decoded
+    by the contract, its one float32 (batch, O) input and (batch, A) output checked against it."""
+
+    def __init__(self, model: onnx.ModelProto, path: Path) -> None:
+        props: dict[str, str] = {}
+        for entry in model.metadata_props:
+            if entry.key in props:
+                raise ExportError(f"'{path}': metadata key '{entry.key}' appears twice")
+            props[entry.key] = entry.value
+        try:
+            self.metadata = decode_metadata(props)
+        except PolicyError as error:
+            raise ExportError(f"'{path}': the metadata does not decode: {error}") from None
+        options = ort.SessionOptions()
+        options.intra_op_num_threads = 1
+        options.log_severity_level = 3
+        try:
+            self.session = ort.InferenceSession(model.SerializeToString(), options, providers=["CPUExecutionProvider"])
+        except Exception as error:  # onnxruntime raises its own exception types
+            raise ExportError(f"'{path}': onnxruntime cannot load the graph: {error}") from None
+        inputs, outputs = self.session.get_inputs(), self.session.get_outputs()
+        sizes = (self.metadata.obs_size, self.metadata.action_size)
+        if len(inputs) != 1 or len(outputs) != 1 or [i.shape[1] for i in (*inputs, *outputs)] != list(sizes) \
+                or any(isinstance(i.shape[0], int) for i in (*inputs, *outputs)):
+            raise ExportError(f"'{path}': the graph is {[(i.name, i.shape) for i in inputs]} -> "
+                              f"{[(o.name, o.shape) for o in outputs]}; the metadata implies one (batch, {sizes[0]}) "
+                              f"input and one (batch, {sizes[1]}) output with a dynamic batch")
+        self.input_name, self.output_name = inputs[0].name, outputs[0].name
+
+    def __call__(self, obs: np.ndarray) -> np.ndarray:
+        (action,) = self.session.run([self.output_name], {self.input_name: np.ascontiguousarray(obs, np.float32)})
+        return action
+
+
+def max_abs_diff(runtime: _Runtime, graph: nn.Module, obs: np.ndarray) -> float:
     """max |onnxruntime(obs) - torch(obs)| (inf where either output is not finite)."""
     try:
         onnx_action = runtime(obs)
-    except PolicyError as error:
+    except Exception as error:  # onnxruntime raises its own exception types
         raise ExportError(f"onnxruntime failed on {len(obs)} observations: {error}") from None
     with torch.no_grad():
         torch_action = graph(torch.from_numpy(obs)).numpy()

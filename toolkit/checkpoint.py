@@ -2,7 +2,8 @@
 
 A checkpoint is one ``torch.save`` dict (``FORMAT``) in ``<run_dir>/checkpoints/``::
 
-    format, toolkit_version, run_name, task, task_overrides, config (nested dict),
+    format, toolkit_version, run_name, task, task_overrides, calibration (the summary the run trained
+    around, {} for none), config (nested dict),
     obs_layout, critic_obs_layout (JSON of ObsLayout), counters (env_steps, v_updates, ...),
     actor: {hidden, action_dim, state_dict}, critic: {hidden, num_atoms, v_min, v_max, state_dict},
     critic_target, actor_optimizer, critic_optimizer (state dicts),
@@ -19,9 +20,9 @@ from pathlib import Path
 
 import torch
 
+from toolkit.contract.obs_layout import ObsLayout
 from toolkit.nn import Actor
 from toolkit.normalizer import RunningNorm
-from toolkit.contract.obs_layout import ObsLayout
 
 FORMAT = "sim2real-pql-checkpoint/1"
 _NAME = re.compile(r"^ckpt_(\d+)\.pt$")
@@ -102,6 +103,7 @@ class LoadedPolicy:
     obs_layout: ObsLayout
     task: str
     task_overrides: dict
+    calibration: dict
     run_name: str
     env_steps: int
     checkpoint_path: str
@@ -128,4 +130,5 @@ def load_policy(path: Path) -> LoadedPolicy:
     actor.eval()
     return LoadedPolicy(actor=actor, obs_normalizer=normalizer, normalize_obs=bool(pql.get("normalize_obs", True)),
                         obs_layout=layout, task=task, task_overrides=dict(state.get("task_overrides", {})),
+                        calibration=dict(state.get("calibration", {})),
                         run_name=state.get("run_name", ""), env_steps=env_steps, checkpoint_path=state["path"])

@@ -2,12 +2,30 @@
 
 tyro turns the field docstrings into ``--help``; the whole nested config is written to
 ``config.yaml`` beside every run. Dataclasses are frozen and hold no mutable defaults.
+A training config has five groups: ``env`` (what is simulated), ``pql`` (the algorithm),
+``placement`` (where the roles run), ``stop`` (when training ends) and ``log``. On the
+command line the env, placement and stop options are flat (``--randomize``, ``--num-envs``,
+``--placement``, ``--max-time-s``); the pql and log ones keep their prefix (``--pql.batch-size``).
 """
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass
-from typing import Literal
+import dataclasses
+import enum
+import typing
+from dataclasses import dataclass
+from typing import Annotated, Literal
+
+import tyro
+import yaml
+
+
+class PlacementKind(enum.Enum):
+    """Where the three PQL roles run (:mod:`toolkit.pql.placement`)."""
+
+    process = "process"  #: three processes sharing memory (the default)
+    sequential = "sequential"  #: interleaved in one process (tests, debugging; one GPU)
+    ray = "ray"  #: Ray actors, on one machine or a cluster
 
 
 @dataclass(frozen=True)
@@ -16,35 +34,54 @@ class EnvConfig:
 
     task: str = "dclaw-turn"
     """Registered task name (see robots.TASKS)."""
+    task_options: tuple[str, ...] = ()
+    """Task settings as KEY=VALUE (YAML values), e.g. `episode_steps=80 success_tolerance=0.1`; recorded in the
+    checkpoints and the exported policy's metadata."""
     num_envs: int = 64
     """Number of environments stepped together."""
     sim: Literal["mujoco_batch", "mujoco_warp"] = "mujoco_batch"
     """Physics backend: the MuJoCo C engine on CPU, or mujoco-warp (GPU)."""
     device: str = "cpu"
     """Torch device of the env's tensors (cuda with mujoco_warp)."""
-    nthread: int = 0
+    nthread: int = 1
     """Physics threads of the C engine (0: all CPUs)."""
     randomize: bool = False
     """Domain randomization: dynamics, noise, latency and pushes from the robot's DR table."""
+    calibration: str | None = None
+    """A calibration file (python -m deploy.calibrate): its fitted values become the nominal model, DR scales
+    around them."""
     seed: int = 0
-    """Seed of resets and domain randomization."""
+    """Seed of resets, domain randomization, networks and exploration."""
+
+    def task_overrides(self) -> dict:
+        """``task_options`` as the keyword arguments of the task's constructor."""
+        return parse_task_options(self.task_options)
 
 
-def to_dict(config) -> dict:
-    """A plain dict of a (nested) config dataclass, for YAML/JSON."""
-    return asdict(config)
+def parse_task_options(options: tuple[str, ...]) -> dict:
+    """``("episode_steps=80", "goal_offset=[0.3, 1.0]")`` -> ``{"episode_steps": 80, "goal_offset": (0.3, 1.0)}``
+    (YAML values; lists become tuples, as dataclass task settings are)."""
+    out = {}
+    for option in options:
+        key, sep, text = option.partition("=")
+        if not sep or not key.strip():
+            raise ValueError(f"task option {option!r} is not KEY=VALUE (e.g. episode_steps=80)")
+        try:
+            value = yaml.safe_load(text)
+        except yaml.YAMLError as error:
+            raise ValueError(f"task option {option!r}: the value is not YAML: {error}") from None
+        out[key.strip()] = tuple(value) if isinstance(value, list) else value
+    return out
 
 
 @dataclass(frozen=True)
 class PQLConfig:
     """Parallel Q-Learning (arXiv 2307.12983).
 
-    The defaults learn D'Claw turn on a 2-core CPU, where a critic update, not the simulator,
-    is the scarce resource: smaller networks (128-128 instead of 512-256-128) and 2 critic
-    updates of 512 samples per actor step of 64 envs. That is the paper's replay ratio (each
-    transition sampled 2 * 512 / 64 = 16 times, as 8 * 8192 / 4096 with 4096 GPU envs). On a GPU
-    use the paper's: --num-envs 4096 --pql.batch-size 8192 --pql.actor-hidden 512 256 128
-    --pql.critic-hidden 512 256 128 --pql.critic-updates-per-actor-step 8."""
+    The CPU defaults (--preset cpu) learn D'Claw turn on a 2-core CPU, where a critic update, not the
+    simulator, is the scarce resource: smaller networks (128-128 instead of 512-256-128) and 2 critic updates of
+    512 samples per actor step of 64 envs. That is the paper's replay ratio (each transition sampled
+    2 * 512 / 64 = 16 times, as 8 * 8192 / 4096 with 4096 GPU envs). --preset gpu has the paper's values."""
 
     actor_hidden: tuple[int, ...] = (128, 128)
     """Actor MLP widths (ELU)."""
@@ -85,7 +122,7 @@ class PQLConfig:
     ratio_slack: int = 2
     """How many actor steps / policy updates a role may run ahead before it waits."""
     replay_size: int = 1_000_000
-    """Transitions held by the shared replay ring."""
+    """Transitions held by the replay ring (on the learners' device)."""
     warmup_steps: int = 32
     """Actor steps with uniform random actions before learning starts."""
     reward_scale: float = 0.01
@@ -97,9 +134,36 @@ class PQLConfig:
     torch_threads: int = 1
     """Torch intra-op threads per role process."""
     compile: bool = False
-    """torch.compile the learner update steps (opt-in speed-up)."""
+    """torch.compile the learner update steps (opt-in speed-up; CUDA graphs on a GPU)."""
+    bf16: bool = False
+    """bf16 autocast of the learners' forward and backward passes (opt-in; weights stay float32)."""
     learner_device: str | None = None
-    """Device of the V- and P-learners (None: the env's --device; cuda learns on a GPU even from CPU envs)."""
+    """Device of the V- and P-learners and the replay ring (None: the env's --device)."""
+    loss_readback_updates: int = 0
+    """Learners copy their loss to the host (and check it is finite) every this many updates; 0: every update on
+    a CPU, every 100 on a GPU (no host sync per update)."""
+
+
+@dataclass(frozen=True)
+class PlacementConfig:
+    """Where the Actor, V-learner and P-learner run."""
+
+    placement: PlacementKind = PlacementKind.process
+    """process: three processes; sequential: interleaved in one process; ray: Ray actors (see --ray-address)."""
+    ray_address: str | None = None
+    """Ray cluster address for --placement ray (None: start a local Ray)."""
+
+
+@dataclass(frozen=True)
+class StopConfig:
+    """When training ends (whichever comes first)."""
+
+    max_time_s: float = 1200.0
+    """Stop after this many seconds of training."""
+    max_env_steps: int = 50_000_000
+    """Stop after this many env steps (all envs)."""
+    stop_at_success: float | None = None
+    """Stop once the evaluation success rate reaches this (e.g. 0.8)."""
 
 
 @dataclass(frozen=True)
@@ -116,6 +180,9 @@ class LogConfig:
     """Seconds between checkpoints (one is always written at the end)."""
     tensorboard: bool = True
     """Write TensorBoard events into the run directory."""
+    video_interval_s: float | None = None
+    """Render one evaluation episode to runs/<name>/videos/ and TensorBoard every this many seconds (None: no
+    videos)."""
 
 
 @dataclass(frozen=True)
@@ -123,48 +190,80 @@ class TrainConfig:
     """Train a policy with PQL. The run directory gets config.yaml, metrics.jsonl,
     TensorBoard events and checkpoints/."""
 
-    task: str = "dclaw-turn"
-    """Registered task (robots.TASKS)."""
-    num_envs: int = 64
-    """Environments stepped by the actor."""
-    randomize: bool = False
-    """Domain randomization (the robot's DR table)."""
-    seed: int = 0
-    """Seed of networks, resets, DR and exploration."""
-    sim: Literal["mujoco_batch", "mujoco_warp"] = "mujoco_batch"
-    """Physics backend."""
-    device: str = "cpu"
-    """Device of the simulation tensors (cuda with mujoco_warp)."""
-    nthread: int = 1
-    """Physics threads of the C engine in the actor process."""
-    mode: Literal["process", "sequential"] = "process"
-    """process: Actor, V-learner, P-learner in three processes; sequential: interleaved in one."""
-    distributed: Literal["none", "ray"] = "none"
-    """ray: place the three roles as Ray actors (see --ray-address)."""
-    ray_address: str | None = None
-    """Ray cluster address for --distributed ray (None: start a local Ray)."""
-    max_time_s: float = 1200.0
-    """Stop after this many seconds of training."""
-    max_env_steps: int = 50_000_000
-    """Stop after this many env steps (all envs)."""
-    stop_at_success: float | None = None
-    """Stop once the evaluation success rate reaches this (e.g. 0.8)."""
+    env: Annotated[EnvConfig, tyro.conf.OmitArgPrefixes] = EnvConfig()
+    """What is simulated."""
+    pql: PQLConfig = PQLConfig()
+    """PQL hyper-parameters."""
+    placement: Annotated[PlacementConfig, tyro.conf.OmitArgPrefixes] = PlacementConfig()
+    """Where the roles run."""
+    stop: Annotated[StopConfig, tyro.conf.OmitArgPrefixes] = StopConfig()
+    """When training ends."""
+    log: LogConfig = LogConfig()
+    """Logging, evaluation and checkpointing."""
+    preset: Literal["cpu", "gpu"] = "cpu"
+    """Named defaults: cpu (64 envs, 128-128 nets, batch 512, beta a:v 1:2) or gpu (4096 envs, 512-256-128 nets,
+    batch 8192, beta a:v 1:8, p:v 1:2, the paper's values); single options still override them."""
     run_dir: str | None = None
     """Run directory (default runs/<task>-<date>-<time>)."""
     resume: str | None = None
-    """Continue the run in this directory from its last checkpoint."""
-    pql: PQLConfig = PQLConfig()
-    """PQL hyper-parameters."""
-    log: LogConfig = LogConfig()
-    """Logging, evaluation and checkpointing."""
+    """Continue the run in this directory from its last checkpoint, with this invocation's placement, stop and log
+    options (the rest is the saved config)."""
 
     def learner_device(self) -> str:
-        """Where the V- and P-learners run: --pql.learner-device, else the env's --device."""
-        return self.pql.learner_device or self.device
+        """Where the V- and P-learners (and the replay ring) run: --pql.learner-device, else the env's --device."""
+        return self.pql.learner_device or self.env.device
 
     def env_config(self, num_envs: int | None = None, seed: int | None = None) -> EnvConfig:
-        return EnvConfig(task=self.task, num_envs=num_envs or self.num_envs, sim=self.sim, device=self.device,
-                         nthread=self.nthread, randomize=self.randomize, seed=self.seed if seed is None else seed)
+        """The env settings, with another env count or seed (evaluation)."""
+        return dataclasses.replace(self.env, num_envs=num_envs or self.env.num_envs,
+                                   seed=self.env.seed if seed is None else seed)
+
+    def replace(self, **changes) -> TrainConfig:
+        """A copy with ``changes``, each a field of this config or of its env, placement or stop
+        group (``cfg.replace(num_envs=8, max_time_s=6.0, placement=PlacementKind.sequential)``)."""
+        groups = {name: {} for name in _FLAT_GROUPS}
+        top = {}
+        for key, value in changes.items():
+            group = next((g for g in _FLAT_GROUPS if key in _field_names(type(getattr(self, g)))), None)
+            if key in _field_names(TrainConfig) and not (group and key == "placement" and not
+                                                         isinstance(value, PlacementConfig)):
+                top[key] = value
+            elif group is not None:
+                groups[group][key] = value
+            else:
+                raise TypeError(f"TrainConfig has no field '{key}' (nor its {', '.join(_FLAT_GROUPS)} groups)")
+        for group, values in groups.items():
+            if values:
+                top[group] = dataclasses.replace(top.get(group, getattr(self, group)), **values)
+        return dataclasses.replace(self, **top)
+
+    def resumed_with(self, invocation: TrainConfig, run_dir: str) -> TrainConfig:
+        """This (saved) config continued by ``invocation``: its placement, stop and log options."""
+        return dataclasses.replace(self, placement=invocation.placement, stop=invocation.stop, log=invocation.log,
+                                   resume=run_dir, run_dir=run_dir)
+
+
+#: The groups whose options are flat on the command line (and in TrainConfig.replace).
+_FLAT_GROUPS = ("env", "placement", "stop")
+
+
+def _field_names(cls) -> set[str]:
+    return {f.name for f in dataclasses.fields(cls)}
+
+
+def to_dict(config) -> dict:
+    """A plain dict of a (nested) config dataclass, for YAML/JSON (enums as their values)."""
+    return _plain(dataclasses.asdict(config))
+
+
+def _plain(value):
+    if isinstance(value, enum.Enum):
+        return value.value
+    if isinstance(value, dict):
+        return {key: _plain(item) for key, item in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_plain(item) for item in value]
+    return value
 
 
 def from_dict(cls, data: dict):
@@ -173,10 +272,7 @@ def from_dict(cls, data: dict):
     Unknown keys are an error (a config from another toolkit version must not be half-read);
     missing keys take the defaults.
     """
-    import dataclasses
-    import typing
-
-    hints = typing.get_type_hints(cls)
+    hints = typing.get_type_hints(cls, include_extras=True)
     names = {f.name for f in dataclasses.fields(cls)}
     unknown = set(data) - names
     if unknown:
@@ -184,8 +280,12 @@ def from_dict(cls, data: dict):
     kwargs = {}
     for name, value in data.items():
         hint = hints[name]
+        if typing.get_origin(hint) is Annotated:
+            hint = typing.get_args(hint)[0]
         if dataclasses.is_dataclass(hint) and isinstance(value, dict):
             value = from_dict(hint, value)
+        elif isinstance(hint, type) and issubclass(hint, enum.Enum):
+            value = hint(value)
         elif typing.get_origin(hint) is tuple and isinstance(value, list):
             value = tuple(value)
         kwargs[name] = value

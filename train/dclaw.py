@@ -6,10 +6,10 @@ Defaults learn dclaw-turn on a 2-core CPU; see ``--help`` for every option
 
 from __future__ import annotations
 
-from toolkit.config import TrainConfig
+from toolkit.config import EnvConfig, TrainConfig
 from train.common import main
 
-DEFAULT = TrainConfig(task="dclaw-turn")
+DEFAULT = TrainConfig(env=EnvConfig(task="dclaw-turn"))
 
 if __name__ == "__main__":
     raise SystemExit(main(DEFAULT, "dclaw-", __doc__))

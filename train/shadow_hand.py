@@ -8,10 +8,10 @@ See ``--help`` for every option.
 
 from __future__ import annotations
 
-from toolkit.config import TrainConfig
+from toolkit.config import EnvConfig, TrainConfig
 from train.common import main
 
-DEFAULT = TrainConfig(task="shadow_hand-reorient")
+DEFAULT = TrainConfig(env=EnvConfig(task="shadow_hand-reorient"))
 
 if __name__ == "__main__":
     raise SystemExit(main(DEFAULT, "shadow_hand-", __doc__))

@@ -13,11 +13,15 @@ from __future__ import annotations
 
 from abc import ABC, abstractmethod
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 
 import numpy as np
 
-from toolkit.contract.task import Task
 from toolkit.contract.robot import RobotSpec
+from toolkit.contract.task import Rand, Task
+
+if TYPE_CHECKING:
+    from toolkit.contract.dr import DomainRandomizer
 
 
 @dataclass
@@ -47,7 +51,7 @@ class Field:
 class Backend(ABC):
     """One robot (real or simulated) executing joint-position commands.
 
-    Lifecycle: ``open()`` (connect, check, enable) -> per episode ``reset(rng)`` then
+    Lifecycle: ``open()`` (connect, check, enable) -> per episode ``reset(rand)`` then
     ``read()``/``write()`` at control rate -> ``close()``. ``close()`` must leave the robot safe
     (torque off on hardware) and be callable twice, after a failed ``open()`` and from a
     ``finally`` block while an exception is in flight. Backends are context managers.
@@ -69,8 +73,17 @@ class Backend(ABC):
         """Connect and check the robot; raises :class:`deploy.errors.HardwareFault`."""
 
     @abstractmethod
-    def reset(self, rng: np.random.Generator) -> ResetResult:
-        """Bring the robot to the task's initial state and draw the episode's task state."""
+    def reset(self, rand: Rand) -> ResetResult:
+        """Bring the robot to the task's initial state and draw the episode's task state.
+
+        ``rand`` is the task protocol's random source of this one env (``rand((1, ...))``; the
+        runner's per-env stream, :mod:`toolkit.contract.rng`): the draws of the training env."""
+
+    @property
+    def randomizer(self) -> DomainRandomizer | None:
+        """The domain randomizer whose action and observation perturbations the runner applies
+        (a randomized sim); None for a real robot and a nominal sim."""
+        return None
 
     @abstractmethod
     def read(self) -> tuple[dict[str, np.ndarray], bool]:

@@ -41,8 +41,8 @@ from deploy import dynamixel_protocol as dxl
 from deploy.backends.base import Backend, ResetResult
 from deploy.errors import HardwareFault
 from robots.dclaw.spec import SERVO_IDS, SPEC, VALVE_SERVO_ID
-from toolkit.contract.task import Task
 from toolkit.contract.robot import RobotSpec
+from toolkit.contract.task import Task
 
 #: What a lost or broken port raises inside pyserial/dynamixel_sdk (termios.error is no OSError).
 BUS_ERRORS = (serial.SerialException, OSError, termios.error)
@@ -229,7 +229,7 @@ class DClawBackend(Backend):
     def write(self, joint_targets: np.ndarray) -> None:
         self._send_goals(joint_targets)
 
-    def reset(self, rng: np.random.Generator) -> ResetResult:
+    def reset(self, rand) -> ResetResult:
         """Ramp to the default pose at ``reset_speed``, check it is reached, draw the task state."""
         robot = self.robot
         target = robot.default_pose
@@ -259,11 +259,11 @@ class DClawBackend(Backend):
                                     f"({', '.join(worst)}; tolerance {self.reset_tolerance} rad): is a finger blocked, "
                                     "or a servo overloaded?")
             time.sleep(self.control_dt)
-        task_state = self._draw_task_state(readings, rng)
+        task_state = self._draw_task_state(readings, rand)
         return ResetResult(task_state=task_state, joint_targets=target.copy())
 
     # --- task state on hardware -------------------------------------------------------
-    def _draw_task_state(self, readings: dict[str, np.ndarray], rng: np.random.Generator) -> dict[str, np.ndarray]:
+    def _draw_task_state(self, readings: dict[str, np.ndarray], rand) -> dict[str, np.ndarray]:
         """The task's own reset distribution, drawn on a scratch simulator state.
 
         The valve cannot be set on hardware, so a goal drawn relative to the scratch valve angle
@@ -279,7 +279,7 @@ class DClawBackend(Backend):
             self.task.bind(model)
             self._task_model = model
         view = DataView(mujoco.MjData(self._task_model))
-        task_state = self.task.write_reset(view, np.zeros(1, dtype=np.int64), rng.random)
+        task_state = self.task.write_reset(view, np.zeros(1, dtype=np.int64), rand)
         task_state = {k: np.array(v, dtype=np.float64) for k, v in task_state.items()}
         if "goal_angle" in task_state and "valve_angle" in readings:
             drawn = np.array(self.task.read(view)["valve_angle"], dtype=np.float64)

@@ -19,8 +19,8 @@ from array_api_compat import array_namespace
 from robots.dclaw.spec import SPEC, TURN_XML
 from robots.dclaw.turn import DR
 from toolkit.contract.dr import DRTable
-from toolkit.contract.task import Task, bind_robot
 from toolkit.contract.obs_layout import ObsLayout
+from toolkit.contract.task import Task, bind_robot, constant_like
 
 OBS_LAYOUT = ObsLayout((("joint_pos", 9), ("joint_targets", 9), ("goal_error", 9), ("last_action", 9)))
 REWARD_SCALES = {"pose_error": -1.0, "at_goal": 1.0}
@@ -54,11 +54,9 @@ class PoseTask(Task):
     def write_reset(self, sim, ids, rand) -> dict:
         xp = array_namespace(sim.qpos)
         k, device = ids.shape[0], sim.qpos.device
-        pose = xp.asarray(self.robot.default_pose, dtype=sim.qpos.dtype, device=device)
-        low = xp.asarray(np.maximum(self.robot.default_pose - self.goal_range, self.robot.joint_low),
-                         dtype=sim.qpos.dtype, device=device)
-        high = xp.asarray(np.minimum(self.robot.default_pose + self.goal_range, self.robot.joint_high),
-                          dtype=sim.qpos.dtype, device=device)
+        pose = constant_like(self.robot.default_pose, sim.qpos)
+        low = constant_like(np.maximum(self.robot.default_pose - self.goal_range, self.robot.joint_low), sim.qpos)
+        high = constant_like(np.minimum(self.robot.default_pose + self.goal_range, self.robot.joint_high), sim.qpos)
         goal = low + (high - low) * rand((k, 9))
         rows = ids[:, None]
         sim.qpos[rows, xp.asarray(self.indices.qpos_adr, device=device)] = xp.broadcast_to(pose, (k, 9))

@@ -41,5 +41,5 @@ SPEC = RobotSpec(
     action_scale=np.full(9, 0.15),
     control_dt=CONTROL_DT,
     max_joint_speed=3.0,
-    extra={"servo_ids": SERVO_IDS, "valve_servo_id": VALVE_SERVO_ID},
+    hardware={"servo_ids": SERVO_IDS, "valve_servo_id": VALVE_SERVO_ID},
 )

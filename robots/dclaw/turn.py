@@ -21,13 +21,12 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass
 
-import numpy as np
 from array_api_compat import array_namespace
 
 from robots.dclaw.spec import SPEC, TURN_XML
 from toolkit.contract.dr import DRTable
-from toolkit.contract.task import Task, bind_robot
 from toolkit.contract.obs_layout import ObsLayout
+from toolkit.contract.task import Task, bind_robot, constant_like
 
 OBS_LAYOUT = ObsLayout((
     ("joint_pos", 9),
@@ -54,13 +53,6 @@ DR = DRTable(object_bodies=("valve",), object_geoms=("valve_hub", "valve_spoke0"
 def wrap_angle(angle):
     """Wrap to [-pi, pi) (numpy or torch)."""
     return (angle + math.pi) % (2 * math.pi) - math.pi
-
-
-def _constant(values: np.ndarray, like):
-    """``values`` in the namespace, dtype and device of ``like``, copied: the result never
-    aliases the spec's constants (and torch never sees read-only numpy memory)."""
-    xp = array_namespace(like)
-    return xp.asarray(np.array(values), dtype=like.dtype, device=like.device)
 
 
 @dataclass
@@ -118,10 +110,10 @@ class TurnTask(Task):
     def write_reset(self, sim, ids, rand) -> dict:
         xp = array_namespace(sim.qpos)
         k = ids.shape[0]
-        pose = _constant(self.robot.default_pose, sim.qpos)
+        pose = constant_like(self.robot.default_pose, sim.qpos)
         # The default pose sits on the middle joints' lower limit: keep the noisy start inside.
         joints = xp.clip(pose + self.joint_noise * (2 * rand((k, 9)) - 1),
-                         _constant(self.robot.joint_low, pose), _constant(self.robot.joint_high, pose))
+                         constant_like(self.robot.joint_low, pose), constant_like(self.robot.joint_high, pose))
         valve = math.pi * (2 * rand((k, 1)) - 1)
         lo, hi = self.goal_offset
         sign = xp.where(rand((k, 1)) < 0.5, -1.0, 1.0)
@@ -154,7 +146,7 @@ class TurnTask(Task):
     def reward_terms(self, readings, task_state, action, joint_targets) -> dict:
         xp = array_namespace(readings["joint_pos"])
         error = xp.abs(wrap_angle(task_state["goal_angle"] - readings["valve_angle"]))[:, 0]
-        pose = _constant(self.robot.default_pose, readings["joint_pos"])
+        pose = constant_like(self.robot.default_pose, readings["joint_pos"])
         speed = xp.abs(readings["joint_vel"])
         fast = xp.where(speed >= 0.5, speed, xp.zeros_like(speed))
         return {

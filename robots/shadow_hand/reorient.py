@@ -63,8 +63,8 @@ from robots.shadow_hand.spec import (
     SPEC,
 )
 from toolkit.contract.dr import DRTable
-from toolkit.contract.task import Task, bind_robot
 from toolkit.contract.obs_layout import ObsLayout
+from toolkit.contract.task import Task, bind_robot, constant_like
 from toolkit.rotations import (
     axis_from_uniform,
     quat_angle,
@@ -226,7 +226,7 @@ class ReorientTask(Task):
             return xp.astype(rand(shape), sim.qpos.dtype)
 
         def const(value):
-            return _like(value, sim.qpos)
+            return constant_like(value, sim.qpos)
 
         def index(value):
             return xp.asarray(value, device=sim.qpos.device)
@@ -272,7 +272,7 @@ class ReorientTask(Task):
             "joint_pos": readings["joint_pos"],
             "distal_joint_pos": readings["distal_joint_pos"],
             "joint_targets": joint_targets,
-            "cube_pos": readings["cube_pos"] - _like(CUBE_HOLD_POS, readings["cube_pos"]),
+            "cube_pos": readings["cube_pos"] - constant_like(CUBE_HOLD_POS, readings["cube_pos"]),
             "cube_quat": quat_canonical(cube),
             "goal_quat": quat_canonical(goal),
             "goal_rel_quat": quat_canonical(quat_mul(cube, quat_conjugate(goal))),
@@ -305,7 +305,7 @@ class ReorientTask(Task):
         theta = self._rotation_error(readings, task_state)
         fallen = self.terminated(readings, task_state)
         return {
-            "distance": xp.linalg.vector_norm(cube_pos - _like(CUBE_HOLD_POS, cube_pos), axis=-1),
+            "distance": xp.linalg.vector_norm(cube_pos - constant_like(CUBE_HOLD_POS, cube_pos), axis=-1),
             "rotation": 1.0 / (theta + ROTATION_EPS),
             "action": xp.sum(action * action, axis=-1),
             "success": xp.astype(self._reached(theta, fallen), theta.dtype),
@@ -365,8 +365,8 @@ def _resting_orientations(u):
     often rolls off the open palm)."""
     xp = array_namespace(u)
     face = xp.astype(xp.clip(xp.floor(6 * u[:, 0]), 0, 5), xp.int64)
-    face_up = xp.take(_like(_FACE_UP, u), face, axis=0)
-    yaw = quat_from_axis_angle(_like(np.array([0.0, 0.0, 1.0]), u), 2 * math.pi * u[:, 1])
+    face_up = xp.take(constant_like(_FACE_UP, u), face, axis=0)
+    yaw = quat_from_axis_angle(constant_like(np.array([0.0, 0.0, 1.0]), u), 2 * math.pi * u[:, 1])
     return quat_canonical(quat_mul(yaw, face_up))
 
 
@@ -377,9 +377,3 @@ def _take(array, columns: np.ndarray):
     xp = array_namespace(array)
     return xp.take(array, xp.asarray(columns, device=array.device), axis=1)
 
-
-def _like(value: np.ndarray, other):
-    """``value`` as an array of ``other``'s namespace, dtype and device (a copy: torch warns
-    about, and would alias, read-only numpy arrays such as the spec's)."""
-    xp = array_namespace(other)
-    return xp.asarray(np.array(value), dtype=other.dtype, device=other.device)

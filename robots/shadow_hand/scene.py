@@ -5,9 +5,12 @@ From ``manipulate_block.xml`` (hand, defaults, tendons, actuators, meshes, textu
 the block, the free-floating target block (6 needless dofs) and the floor, then add:
 
 * ``cube``: a free 5 cm cube (density 567, as gymnasium's block) with a ``cube`` site;
-* ``goal``: a mocap body with a translucent, non-colliding cube showing the goal orientation.
+* ``goal``: a mocap body with a translucent, non-colliding cube showing the goal orientation;
+* visual only (:func:`_add_decor`): the camera ``overview`` (hand, cube and goal marker in view),
+  a grey gradient sky instead of gymnasium's flat green, and a checker floor far below the hand
+  that collides with nothing.
 
-Without a floor a dropped cube keeps falling, which the task's fall check detects; it also
+Without a colliding floor a dropped cube keeps falling, which the task's fall check detects; it also
 spares the collision checks of 30 hand geoms against a plane. Actuators are renamed to the
 joint names of :data:`robots.shadow_hand.spec.JOINT_NAMES` (``robot0:A_FFJ1`` -> ``FFJ1``).
 """
@@ -33,6 +36,12 @@ CUBE_START = np.array([1.0, 0.87, 0.18])
 CUBE_HOLD_POS = np.array([1.0, 0.87, 0.167])
 #: Where the goal marker floats, beside and above the hand (visual only).
 GOAL_MARKER_POS = np.array([1.0, 0.87, 0.30])
+#: The ``overview`` camera: where it is and the point it looks at (hand, cube and goal marker in view).
+OVERVIEW_EYE = np.array([0.71, 0.59, 0.477])
+OVERVIEW_TARGET = np.array([1.0, 0.88, 0.19])
+#: Height of the visual floor: lower than a dropped cube falls before the fall check ends its episode
+#: (CUBE_HOLD_POS z - 0.24), so no cube is ever drawn passing through it.
+FLOOR_Z = -0.15
 #: Arena per env (C engine): the scene peaks at ~0.13 MB under random actions; the MJCF's
 #: nstack=600000 would reserve 8 MB per env (2 GB for 256 envs).
 ARENA_BYTES = 1 << 20
@@ -66,4 +75,33 @@ def build_scene(timestep: float = PHYSICS_DT) -> mujoco.MjModel:
     goal = spec.worldbody.add_body(name="goal", pos=GOAL_MARKER_POS.tolist(), mocap=True)
     goal.add_geom(name="goal", type=box, size=size, contype=0, conaffinity=0, group=2, density=0,
                   material="material:target")
+    _add_decor(spec)
     return spec.compile()
+
+
+def _add_decor(spec: mujoco.MjSpec) -> None:
+    """Camera ``overview``, a neutral sky and a floor far below the hand: visual only.
+
+    The floor is a massless plane that collides with nothing (contype = conaffinity = 0), in its
+    own body added last, so the ids of every other body and geom stay as they were; it lies lower
+    than a dropped cube falls before the fall check ends the episode (0.24 m below the palm).
+    """
+    import mujoco
+
+    eye, target = OVERVIEW_EYE, OVERVIEW_TARGET
+    forward = (target - eye) / np.linalg.norm(target - eye)
+    right = np.cross(forward, [0.0, 0.0, 1.0])
+    right /= np.linalg.norm(right)
+    camera = spec.worldbody.add_camera(name="overview", pos=eye.tolist())
+    camera.alt.type = mujoco.mjtOrientation.mjORIENTATION_XYAXES
+    camera.alt.xyaxes = [*right, *np.cross(right, forward)]
+    for texture in spec.textures:  # gymnasium's flat green sky
+        if texture.type == mujoco.mjtTexture.mjTEXTURE_SKYBOX:
+            texture.rgb1, texture.rgb2 = [0.55, 0.6, 0.68], [0.12, 0.13, 0.16]
+    spec.add_texture(name="backdrop", type=mujoco.mjtTexture.mjTEXTURE_2D, builtin=mujoco.mjtBuiltin.mjBUILTIN_CHECKER,
+                     rgb1=[0.35, 0.35, 0.4], rgb2=[0.25, 0.25, 0.3], width=256, height=256)
+    material = spec.add_material(name="backdrop", texrepeat=[10, 10])
+    material.textures[mujoco.mjtTextureRole.mjTEXROLE_RGB] = "backdrop"
+    floor = spec.worldbody.add_body(name="backdrop", pos=[CUBE_HOLD_POS[0], CUBE_HOLD_POS[1], FLOOR_Z])
+    floor.add_geom(name="backdrop", type=mujoco.mjtGeom.mjGEOM_PLANE, size=[1.0, 1.0, 0.01], contype=0,
+                   conaffinity=0, density=0, group=1, material="backdrop")

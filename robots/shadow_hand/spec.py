@@ -102,5 +102,5 @@ SPEC = RobotSpec(
     action_scale=np.full(len(JOINT_NAMES), ACTION_SCALE),
     control_dt=CONTROL_DT,
     max_joint_speed=3.0,
-    extra={"coupled_joints": COUPLED_JOINTS, "coupling_ratio": COUPLING_RATIO},
+    hardware={"coupled_joints": COUPLED_JOINTS, "coupling_ratio": COUPLING_RATIO},
 )

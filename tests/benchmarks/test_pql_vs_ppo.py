@@ -3,10 +3,13 @@ really updating and being evaluated), the ratio arithmetic, and argument checks.
 
 import json
 
+import matplotlib.pyplot as plt
+import numpy as np
 import pytest
 import tyro
+from PIL import Image
 
-from benchmarks.pql_vs_ppo import Args, check_args, compare, main, summarize
+from benchmarks.pql_vs_ppo import Args, check_args, compare, main, plot_comparison, summarize
 
 # A few seconds per algorithm on dclaw-pose with tiny networks; sequential PQL (same trainer and
 # evaluation hook as the process placement, without the start-up of three processes).
@@ -20,8 +23,8 @@ RUN_KEYS = {"time_to_target_s", "env_steps_to_target", "final_eval_success", "be
             "config"}
 
 
-def test_tiny_run_reports_both_algorithms(capsys):
-    main(tyro.cli(Args, args=TINY))
+def test_tiny_run_reports_both_algorithms(capsys, tmp_path):
+    main(tyro.cli(Args, args=[*TINY, "--plot", str(tmp_path / "curves.png")]))
     out = capsys.readouterr().out.strip().splitlines()
     assert len(out) == 1, out  # --json: the result line only; training output went to stderr
     result = json.loads(out[0])
@@ -46,6 +49,24 @@ def test_tiny_run_reports_both_algorithms(capsys):
     assert result["pql"]["counters"]["v_updates"] > 0
     both = result["pql"]["time_to_target_s"] is not None and ppo["time_to_target_s"] is not None
     assert (result["ratio_ppo_over_pql"] is not None) == both
+    assert result["plot"] == str(tmp_path / "curves.png")
+    with Image.open(result["plot"]) as image:
+        assert image.format == "PNG" and image.size == (550, 360)  # one panel
+
+
+def test_plot_draws_both_curves_on_one_figure(tmp_path, monkeypatch):
+    result = {"task": "dclaw-turn", "target_success": 0.8,
+              "pql": {"num_envs": 64, "curve": _curve((10, 0.2), (20, 0.85))},
+              "ppo": {"num_envs": 256, "curve": _curve((15, 0.1), (45, 0.5), (60, 0.9))}}
+    drawn = {}
+    monkeypatch.setattr(plt.Figure, "savefig", lambda fig, out, **kw: drawn.update(axes=fig.axes))
+    plot_comparison(result, tmp_path / "c.png")
+    (ax,) = drawn["axes"]
+    lines = {line.get_label(): line for line in ax.get_lines()}
+    assert set(lines) == {"PQL (64 envs)", "PPO (256 envs)", "target 0.8"}
+    np.testing.assert_array_equal(lines["PPO (256 envs)"].get_xdata(), [15, 45, 60])
+    np.testing.assert_array_equal(lines["PQL (64 envs)"].get_ydata(), [0.2, 0.85])
+    assert ax.get_xlabel() == "wall time (s)" and ax.get_ylabel() == "eval success"
 
 
 def _curve(*points):
@@ -84,6 +105,8 @@ def test_ratios_at_the_target_and_at_the_best_common_success():
     ({"max_time_s": 0.0}, "--max-time-s must be > 0"),
     ({"ppo_num_envs": 0}, "--ppo-num-envs must be >= 1"),
     ({"algorithms": ()}, "--algorithms is empty"),
+    ({"plot": "curves.txt"}, "must end in one of .png"),
+    ({"plot": "/nonexistent-dir/curves.png"}, "directory '/nonexistent-dir' does not exist"),
 ])
 def test_bad_arguments_are_clear_errors(overrides, message):
     with pytest.raises(ValueError, match=message):

@@ -60,7 +60,7 @@ def compare(onnx_path: Path, checkpoint: Path, episodes: int, seed: int = 10_000
     trainer = evaluate(env, trained.actor, trained.obs_normalizer, seed=seed)
 
     policy = load_policy(onnx_path)
-    backend = TrainerStates(make_task(trained.task, **trained.task_overrides), policy.metadata.control_dt, states)
+    backend = TrainerStates(make_task(trained.task, **trained.task_overrides), policy.metadata.robot.control_dt, states)
     backend.open()
     results = Runner(policy, backend, RunnerConfig(episodes=episodes, realtime=False)).run()
     return {"trainer_success": trainer["eval_success"], "trainer_return": trainer["eval_return"],

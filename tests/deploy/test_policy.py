@@ -17,31 +17,29 @@ import onnx
 import pytest
 from onnx import TensorProto, helper
 
-from deploy.policy import (
+from deploy.policy import OnnxPolicy, load_policy, read_metadata
+from robots.dclaw.spec import SPEC
+from toolkit.contract.obs_layout import ObsLayout
+from toolkit.contract.policy import (
     METADATA_FORMAT,
-    OnnxPolicy,
     PolicyError,
     PolicyMetadata,
     decode_metadata,
     encode_metadata,
-    load_policy,
-    read_metadata,
+    metadata_fields,
 )
-from robots.dclaw.spec import SPEC
-from toolkit.contract.obs_layout import ObsLayout
 
 ROOT = Path(__file__).resolve().parents[2]
 LAYOUT = ObsLayout((("joint_pos", 9), ("joint_targets", 9), ("valve_sincos", 2), ("goal_error", 1),
                     ("last_action", 9)))
-FIELDS = [f.name for f in dataclasses.fields(PolicyMetadata)]
+FIELDS = [key for key in metadata_fields() if key != "format"]
 
 
-def make_metadata(**changes) -> PolicyMetadata:
-    values = dict(robot=SPEC.name, task="dclaw-turn", task_overrides={"episode_steps": 60, "goal_offset": (0.3, 1.0)},
-                  joint_names=SPEC.joint_names, action_scale=SPEC.action_scale, joint_low=SPEC.joint_low,
-                  joint_high=SPEC.joint_high, default_joint_targets=SPEC.default_pose, control_dt=SPEC.control_dt,
-                  obs_layout=LAYOUT, schema_hash=LAYOUT.schema_hash(), toolkit_version="0.1.0", run_name="turn-run",
-                  training_step=4096)
+def make_metadata(robot=None, **changes) -> PolicyMetadata:
+    values = dict(robot=SPEC if robot is None else dataclasses.replace(SPEC, **robot), task="dclaw-turn",
+                  task_overrides={"episode_steps": 60, "goal_offset": (0.3, 1.0)}, obs_layout=LAYOUT,
+                  schema_hash=LAYOUT.schema_hash(), toolkit_version="0.1.0", run_name="turn-run", training_step=4096,
+                  calibration={"hash": "abc", "damping_scale": [1.0] * 9})
     values.update(changes)
     return PolicyMetadata(**values)
 
@@ -130,8 +128,11 @@ def test_metadata_round_trip(policy_file):
     assert meta == make_metadata() == load_policy(policy_file[0]).metadata
     assert meta.task_overrides == {"episode_steps": 60, "goal_offset": [0.3, 1.0]}  # as JSON gives it back
     assert (meta.obs_size, meta.action_size, meta.training_step) == (30, 9, 4096)
-    np.testing.assert_array_equal(meta.joint_low, SPEC.joint_low)
-    assert meta != make_metadata(training_step=1) and meta != make_metadata(action_scale=SPEC.action_scale * 2)
+    np.testing.assert_array_equal(meta.robot.joint_low, SPEC.joint_low)
+    assert meta.robot.max_joint_speed == SPEC.max_joint_speed and meta.calibration["hash"] == "abc"
+    assert meta.robot.hardware == {} and not meta.robot.differences(SPEC)  # servo IDs are not the policy's business
+    assert meta != make_metadata(training_step=1) and meta != make_metadata(robot={"action_scale": SPEC.action_scale * 2})
+    assert meta != make_metadata(robot={"max_joint_speed": 1.0}) and meta != make_metadata(calibration={})
     props = {p.key: p.value for p in onnx.load(str(policy_file[0])).metadata_props}
     assert props == encode_metadata(meta) and props["format"] == METADATA_FORMAT
     assert decode_metadata({**props, "unknown_future_key": "x"}) == meta
@@ -141,9 +142,9 @@ def test_metadata_round_trip(policy_file):
 def test_metadata_is_immutable():
     meta = make_metadata()
     with pytest.raises(dataclasses.FrozenInstanceError):
-        meta.robot = "shadow_hand"
+        meta.task = "dclaw-pose"
     with pytest.raises(ValueError):
-        meta.joint_low[0] = 0.0
+        meta.robot.joint_low[0] = 0.0
 
 
 @pytest.mark.parametrize("key", ["format", *FIELDS])
@@ -162,19 +163,22 @@ TAMPERED = {
                        "'schema_hash' .* does not match"),
     "layout-json": ({"obs_layout": "[[joint_pos, 9]"}, "'obs_layout' cannot be parsed"),
     "layout-duplicate": ({"obs_layout": '[["a", 1], ["a", 2]]'}, "'obs_layout' cannot be parsed"),
-    "format": ({"format": "sim2real-pql-onnx-policy/2"}, "'format' is 'sim2real-pql-onnx-policy/2'"),
+    "format": ({"format": "sim2real-pql-onnx-policy/1"}, "'format' is 'sim2real-pql-onnx-policy/1'.*export the"),
     "joint-count": ({"joint_low": json.dumps(SPEC.joint_low[:8].tolist())}, "'joint_low' must hold 9 finite"),
     "nan-scale": ({"action_scale": json.dumps([float("nan")] * 9)}, "'action_scale' must hold 9 finite"),
     "scale-text": ({"action_scale": '["a", 1]'}, "'action_scale' must be a list of numbers"),
     "scale-json": ({"action_scale": "[0.15, "}, "'action_scale' cannot be parsed"),
     "limits": ({"joint_high": json.dumps(SPEC.joint_low.tolist())}, "'joint_low' must lie below 'joint_high'"),
-    "default-outside": ({"default_joint_targets": json.dumps([2.0] * 9)}, "'default_joint_targets' lie outside"),
+    "default-outside": ({"default_pose": json.dumps([2.0] * 9)}, "'default_pose' lies outside"),
     "control-dt": ({"control_dt": "0"}, "'control_dt' must be a positive number"),
+    "speed": ({"max_joint_speed": "-3"}, "'max_joint_speed' must be a positive number"),
+    "scale-negative": ({"action_scale": json.dumps([-0.1] * 9)}, "'action_scale' must be positive"),
+    "calibration": ({"calibration": "3"}, "'calibration' must be a JSON object"),
     "step-float": ({"training_step": "1.5"}, "'training_step' must be an integer"),
     "step-negative": ({"training_step": "-1"}, "'training_step' must be an integer"),
     "joint-names": ({"joint_names": json.dumps(["a"] * 9)}, "'joint_names' must be unique"),
     "overrides": ({"task_overrides": "[1, 2]"}, "'task_overrides' must be a JSON object"),
-    "robot": ({"robot": ""}, "'robot' is empty"),
+    "robot": ({"robot": ""}, "'robot' must be a non-empty string"),
 }
 
 

@@ -9,9 +9,9 @@ import torch
 import toolkit
 from robots import make_task
 from toolkit.checkpoint import save_checkpoint
+from toolkit.contract.obs_layout import ObsLayout
 from toolkit.nn import Actor
 from toolkit.normalizer import RunningNorm
-from toolkit.contract.obs_layout import ObsLayout
 
 
 def make_checkpoint(run_dir: Path, task: str = "dclaw-turn", *, hidden: tuple[int, ...] = (64, 32),

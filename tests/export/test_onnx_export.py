@@ -22,7 +22,7 @@ import pytest
 import torch
 
 import robots
-from deploy.policy import PolicyMetadata, load_policy, read_metadata
+from deploy.policy import load_policy, read_metadata
 from export import onnx as ex
 from robots import TASKS, make_task
 from tests.export import asym_task
@@ -30,8 +30,9 @@ from tests.export.helpers import make_checkpoint
 from toolkit import __version__
 from toolkit.checkpoint import load_policy as load_torch_policy
 from toolkit.config import EnvConfig
-from toolkit.envs.vec_env import VecEnv
 from toolkit.contract.obs_layout import ObsLayout
+from toolkit.contract.policy import METADATA_FORMAT, PolicyMetadata
+from toolkit.envs.vec_env import VecEnv
 
 ROOT = Path(__file__).resolve().parents[2]
 ENV_STEPS = 12_000
@@ -115,18 +116,17 @@ def test_metadata_round_trip(exported):
     robot = task.robot
     meta = read_metadata(exported.out)
     assert meta == PolicyMetadata(
-        robot=robot.name, task=exported.task, task_overrides={}, joint_names=robot.joint_names,
-        action_scale=robot.action_scale, joint_low=robot.joint_low, joint_high=robot.joint_high,
-        default_joint_targets=robot.default_pose, control_dt=robot.control_dt, obs_layout=task.obs_layout,
+        robot=robot, task=exported.task, task_overrides={}, obs_layout=task.obs_layout,
         schema_hash=task.obs_layout.schema_hash(), toolkit_version=__version__, run_name="turn-run",
         training_step=ENV_STEPS)
+    assert not meta.robot.differences(robot) and meta.robot.max_joint_speed == robot.max_joint_speed
     assert (meta.obs_size, meta.action_size) == (task.obs_layout.size, robot.num_joints)
     props = {p.key: p.value for p in onnx.load(str(exported.out)).metadata_props}
     assert all(isinstance(v, str) for v in props.values())
     assert json.loads(props["joint_names"]) == list(robot.joint_names)
     assert json.loads(props["obs_layout"]) == [[n, s] for n, s in task.obs_layout.fields]
     assert json.loads(props["joint_low"]) == robot.joint_low.tolist()
-    assert props["format"] == "sim2real-pql-onnx-policy/1"
+    assert props["format"] == METADATA_FORMAT and float(props["max_joint_speed"]) == robot.max_joint_speed
     assert props["schema_hash"] == ObsLayout.from_json(props["obs_layout"]).schema_hash()
 
 

@@ -130,6 +130,14 @@ class Task(ABC):
         return None
 
 
+def constant_like(values, like) -> Array:
+    """``values`` (numpy data such as a spec's constants) as an array of ``like``'s namespace,
+    dtype and device, copied: the result never aliases read-only constants (torch cannot wrap
+    read-only numpy memory)."""
+    xp = array_namespace(like)
+    return xp.asarray(np.array(values), dtype=like.dtype, device=like.device)
+
+
 @dataclass(frozen=True)
 class RobotIndices:
     """Where a robot's actuated joints live in a compiled model.

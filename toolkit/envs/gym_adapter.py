@@ -32,8 +32,8 @@ class GymEnv(gymnasium.Env):
         task: the task to simulate.
         cfg: simulation settings; ``num_envs`` is forced to 1 and ``seed`` seeds the first
             ``reset()`` that has no seed of its own.
-        render_mode: None or "rgb_array" (MuJoCo's offscreen renderer: needs an OpenGL
-            backend, e.g. ``MUJOCO_GL=egl`` set before mujoco is imported).
+        render_mode: None or "rgb_array": frames from the task's camera (``task.camera``) by
+            :class:`toolkit.video.Renderer`, headless (EGL, else OSMesa; no ``MUJOCO_GL`` needed).
         render_size: (height, width) of rendered frames.
 
     Observation: float32 (O,) in the task's layout; action: float32 (J,) in [-1, 1].
@@ -57,6 +57,10 @@ class GymEnv(gymnasium.Env):
         self.render_mode = render_mode
         self._render_size = render_size
         self._renderer = None
+        if render_mode is not None:
+            from toolkit.video import camera_id
+
+            camera_id(self.vec_env.model, task.camera)  # an unknown camera fails now, not at the first frame
 
     @property
     def task(self) -> Task:
@@ -91,17 +95,16 @@ class GymEnv(gymnasium.Env):
         return _numpy(obs[0]), float(reward[0]), bool(terminated[0]), bool(truncated[0]), out
 
     def render(self) -> np.ndarray | None:
-        """An RGB frame (H, W, 3) uint8 of the current state (render_mode "rgb_array")."""
+        """An RGB frame (H, W, 3) uint8 of the current state seen from the task's camera (render_mode
+        "rgb_array"); :class:`toolkit.video.GLUnavailableError` when this machine has no OpenGL."""
         if self.render_mode is None:
             return None
-        import mujoco
-
         if self._renderer is None:
+            from toolkit.video import Renderer
+
             height, width = self._render_size
-            self._renderer = mujoco.Renderer(self.vec_env.model, height, width)
-        sim = self.vec_env.sim
-        self._renderer.update_scene(sim.get_data(0))
-        return self._renderer.render()
+            self._renderer = Renderer(self.vec_env.model, self.task.camera, width=width, height=height)
+        return self._renderer.render(self.vec_env.sim.get_data(0))
 
     def close(self) -> None:
         if self._renderer is not None:

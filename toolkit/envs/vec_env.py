@@ -50,10 +50,10 @@ from gymnasium import spaces
 from gymnasium.vector import AutoresetMode, VectorEnv
 
 from toolkit.config import EnvConfig
-from toolkit.envs.randomization import DomainRandomizer, standard_normal
+from toolkit.contract import step as task_step
+from toolkit.contract.dr import DomainRandomizer
 from toolkit.contract.rng import EnvStreams, env_seeds
 from toolkit.contract.task import Task
-from toolkit.contract.robot import relative_joint_target
 from toolkit.sim import make_sim
 
 _SUCCESS_WINDOW = 100
@@ -73,10 +73,10 @@ class VecEnv(VectorEnv):
         self.num_envs = cfg.num_envs
         model = task.build_model()
         task.bind(model)
+        self.substeps, model.opt.timestep = task_step.substeps(task.robot.control_dt, model.opt.timestep)
         self.model = model
         self.sim = make_sim(cfg.sim, model, cfg.num_envs, device=cfg.device, nthread=cfg.nthread)
         self.device = self.sim.device
-        self.substeps = _substeps(task.robot.control_dt, model.opt.timestep)
 
         n, robot, dev = self.num_envs, task.robot, self.device
         f64 = dict(dtype=torch.float64, device=dev)
@@ -88,7 +88,6 @@ class VecEnv(VectorEnv):
         self.joint_targets = torch.zeros(n, robot.num_joints, **f64)
         #: The previous action as applied (clipped to [-1, 1]), (N, J).
         self.last_action = torch.zeros(n, robot.num_joints, **f64)
-        self._pending_action = torch.zeros(n, robot.num_joints, **f64)
         self.episode_step = torch.zeros(n, dtype=torch.long, device=dev)
         self.episode_return = torch.zeros(n, **f64)
         self._success_history = torch.full((_SUCCESS_WINDOW,), float("nan"), **f64)
@@ -98,15 +97,15 @@ class VecEnv(VectorEnv):
         self._all_ids = torch.arange(n, device=dev)
 
         #: One random stream per env (resets, DR values, DR noise).
-        self.streams = EnvStreams(n, dev)
-        self.streams.seed(env_seeds(cfg.seed, n).to(dev))
+        self.streams = EnvStreams(n, self.joint_targets)
+        self.streams.seed(env_seeds(cfg.seed, n))
         table = task.dr_table() if cfg.randomize else None
         if cfg.randomize and table is None:
             raise ValueError(f"task '{task.name}' has no domain-randomization table; run without randomize")
         #: Domain randomization (None without ``cfg.randomize``); ``dr.values`` holds the
         #: per-env values in force, for logging.
         self.dr = None if table is None else DomainRandomizer(
-            table, self.sim, model, torch.as_tensor(task.indices.dof_ids), self._actuators)
+            table, self.sim, model, task.indices.dof_ids, task.indices.actuator_ids)
 
         self.obs_size = task.obs_layout.size
         self.critic_obs_size = task.critic_obs_layout.size
@@ -141,7 +140,7 @@ class VecEnv(VectorEnv):
         if options:
             raise ValueError(f"VecEnv.reset takes no options, got {sorted(options)}")
         if seed is not None:
-            self.streams.seed(env_seeds(seed, self.num_envs).to(self.device))
+            self.streams.seed(env_seeds(seed, self.num_envs))
         self._reset_envs(self._all_ids)
         self._success_history.fill_(float("nan"))
         self._success_cursor = 0
@@ -153,33 +152,21 @@ class VecEnv(VectorEnv):
         """Apply ``action`` (N, J) for one control step; see the module docstring."""
         action = self._check_action(action).clamp(-1.0, 1.0)
         task, sim = self.task, self.sim
-        applied = action
-        if self.dr is not None:
-            applied = action + self.dr.table.action_noise_std * standard_normal(self.rand, action.shape)
-            # Latency: envs with one step of latency apply the previous step's action.
-            late = self.dr.values["action_latency"] > 0
-            applied, self._pending_action = torch.where(late, self._pending_action, applied), applied
-        self.joint_targets = relative_joint_target(self.joint_targets, applied, self.action_scale,
-                                                   self.joint_low, self.joint_high)
+        self.joint_targets = task_step.next_joint_targets(self.joint_targets, action, self.action_scale,
+                                                          self.joint_low, self.joint_high, self.dr, self.rand)
         sim.ctrl[:, self._actuators] = self.joint_targets.to(sim.ctrl.dtype)
         if self.dr is not None:
-            self.dr.push(self.rand)
+            self.dr.push(sim.xfrc_applied, self.rand)
         sim.step(self.substeps)
         self.last_action = action
 
         # MuJoCo resets an unstable simulation itself (finite again, but not a task state):
         # the backend reports those; a non-finite state left in place is caught here.
         unstable = ~(torch.isfinite(sim.qpos).all(dim=1) & torch.isfinite(sim.qvel).all(dim=1))
-        diverged = getattr(sim, "diverged", None)  # optional for backends written before it existed
-        if diverged is not None:
-            unstable |= diverged().to(unstable.device)
+        unstable |= sim.diverged().to(unstable.device)
         readings = task.read(sim)
-        terms = task.reward_terms(readings, self.task_state, action, self.joint_targets)
-        scaled = {name: task.reward_scales[name] * value for name, value in terms.items()}
-        reward = sum(scaled.values())
-        success = task.success(readings, self.task_state)
-        terminated = task.terminated(readings, self.task_state)
-        task.update_goals(readings, self.task_state, success, self.rand)
+        outcome = task_step.task_step(task, readings, self.task_state, action, self.joint_targets, self.rand)
+        reward, scaled, success, terminated = outcome.reward, outcome.terms, outcome.success, outcome.terminated
         self.episode_step += 1
         truncated = self.episode_step >= task.episode_steps
 
@@ -214,7 +201,7 @@ class VecEnv(VectorEnv):
             info["episode_return"] = self.episode_return.clone()
             info["episode_length"] = self.episode_step.clone()
             info["episode_success"] = success.clone()
-            info["episode_metrics"] = {k: v.clone() for k, v in task.episode_metrics(self.task_state).items()}
+            info["episode_metrics"] = {k: v.clone() for k, v in outcome.metrics.items()}
             self._record_successes(success[ids])
             self._reset_envs(ids)
             # Out of place: info["final_obs"] keeps the observations that ended the episodes.
@@ -270,13 +257,7 @@ class VecEnv(VectorEnv):
             state = {name: value[ids] for name, value in state.items()}
             privileged = {name: value[ids] for name, value in privileged.items()}
             targets, last, rand = targets[ids], last[ids], self.rand_for(ids)
-        obs_readings = readings
-        if self.dr is not None and task.noisy_readings:
-            obs_readings = dict(readings)
-            for name, std in task.noisy_readings.items():
-                value = readings[name]
-                obs_readings[name] = value + std * self.dr.table.obs_noise * standard_normal(rand, value.shape)
-        obs = task.observe(obs_readings, state, targets, last).to(torch.float32)
+        obs = task_step.observe(task, readings, state, targets, last, self.dr, rand).to(torch.float32)
         if not task.asymmetric:
             return obs, obs
         critic = task.critic_observe(readings, state, targets, last, privileged).to(torch.float32)
@@ -299,7 +280,6 @@ class VecEnv(VectorEnv):
         sim.forward(ids)
         self.joint_targets[ids] = sim.ctrl[ids][:, self._actuators].to(self.joint_targets.dtype)
         self.last_action[ids] = 0.0
-        self._pending_action[ids] = 0.0
         self.episode_step[ids] = 0
         self.episode_return[ids] = 0.0
 
@@ -315,9 +295,3 @@ class VecEnv(VectorEnv):
 def _box(low: float, high: float, shape: tuple[int, ...]) -> spaces.Box:
     return spaces.Box(low, high, shape, np.float32)
 
-
-def _substeps(control_dt: float, timestep: float) -> int:
-    substeps = round(control_dt / timestep)
-    if substeps < 1 or abs(substeps * timestep - control_dt) > 1e-9:
-        raise ValueError(f"control_dt {control_dt} is not a whole number of physics steps of {timestep}")
-    return substeps

@@ -8,8 +8,8 @@ import torch
 from toolkit.config import PQLConfig
 from toolkit.envs.vec_env import VecEnv
 from toolkit.pql.nstep import NStepWindow
-from toolkit.pql.roles import Dims, make_actor, make_normalizers
-from toolkit.pql.shared import C, SharedState, module_tensors
+from toolkit.pql.roles import Dims, Role, make_actor, make_normalizers
+from toolkit.pql.shared import Counter, SharedState, module_tensors
 
 
 def mixed_noise_std(num_envs: int, noise_min: float, noise_max: float) -> torch.Tensor:
@@ -23,7 +23,7 @@ def mixed_noise_std(num_envs: int, noise_min: float, noise_max: float) -> torch.
 class ActorRole:
     """Owns the VecEnv and the observation normalizers (it is their only writer)."""
 
-    name = "Actor"
+    role = Role.ACTOR
 
     def __init__(self, cfg: PQLConfig, dims: Dims, shared: SharedState, env: VecEnv, seed: int,
                  state: dict | None = None) -> None:
@@ -44,8 +44,8 @@ class ActorRole:
         self._policy_version = -1
         self.obs, info = env.reset(seed=seed)
         self.critic_obs = info.get("critic_obs", self.obs)
-        self.steps = int(shared.counters[C.ACTOR_STEPS])
-        self.env_steps = int(shared.counters[C.ENV_STEPS])
+        self.steps = int(shared.counters[Counter.ACTOR_STEPS])
+        self.env_steps = int(shared.counters[Counter.ENV_STEPS])
         self._publish_normalizers()
 
     def state_dict(self) -> dict:
@@ -53,6 +53,10 @@ class ActorRole:
         if self.dims.asymmetric:
             state["critic_obs_normalizer"] = self.critic_norm.state_dict()
         return state
+
+    def checked_state_dict(self) -> dict:
+        """The state a checkpoint takes (the normalizers; nothing of the actor's can diverge)."""
+        return self.state_dict()
 
     def _publish_normalizers(self) -> None:
         self.shared.obs_norm_board.publish(module_tensors(self.obs_norm))
@@ -71,10 +75,10 @@ class ActorRole:
         return (action + noise).clamp(-1.0, 1.0)
 
     @torch.no_grad()
-    def step(self) -> None:
+    def work(self) -> None:
         """One env step of every env; writes the n-step transitions that became complete."""
         counters = self.shared.counters
-        learning = int(counters[C.LEARN_START]) >= 0
+        learning = int(counters[Counter.LEARN_START]) >= 0
         # Warm-up of a fresh run explores uniformly; a resumed run refills the ring with its policy.
         action = self.act(random=not learning and self.random_warmup)
         next_obs, reward, terminated, truncated, info = self.env.step(action)
@@ -101,16 +105,16 @@ class ActorRole:
         self._record_episodes(info)
         self.steps += 1
         self.env_steps += self.env.num_envs
-        counters[C.ENV_STEPS] = self.env_steps
-        counters[C.NAN_RESETS] = int(info["nan_resets"])
-        warm = self.steps >= self.cfg.warmup_steps and int(counters[C.REPLAY_SIZE]) >= self.cfg.batch_size
+        counters[Counter.ENV_STEPS] = self.env_steps
+        counters[Counter.NAN_RESETS] = int(info["nan_resets"])
+        warm = self.steps >= self.cfg.warmup_steps and int(counters[Counter.REPLAY_SIZE]) >= self.cfg.batch_size
         if not learning and warm:
-            counters[C.LEARN_START] = self.steps
-        counters[C.ACTOR_STEPS] = self.steps
+            counters[Counter.LEARN_START] = self.steps
+        counters[Counter.ACTOR_STEPS] = self.steps
 
     def _record_episodes(self, info: dict) -> None:
-        """Cumulative [return, success, length, count, *task metrics] of finished episodes
-        (readers diff them); one host copy per step that ends episodes."""
+        """Cumulative shared.EPISODE_STATS and task metrics of finished episodes (readers diff
+        them); one host copy per step that ends episodes."""
         if "episode_return" not in info:
             return
         done = info["done"]

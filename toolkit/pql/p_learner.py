@@ -5,14 +5,15 @@ from __future__ import annotations
 import torch
 
 from toolkit.config import PQLConfig
-from toolkit.pql.roles import Dims, Learner, make_actor, make_critic
-from toolkit.pql.shared import C, SharedState, module_tensors
+from toolkit.pql.learner import Learner
+from toolkit.pql.roles import Dims, Role, make_actor, make_critic
+from toolkit.pql.shared import Counter, SharedState, module_tensors
 
 
 class PLearner(Learner):
     """Samples observations, updates the actor, publishes it (the policy that is exported)."""
 
-    name, what, counter, loss_slot = "P-learner", "actor", C.P_UPDATES, 1
+    role, what, counter = Role.P_LEARNER, "actor", Counter.P_UPDATES
 
     def __init__(self, cfg: PQLConfig, dims: Dims, shared: SharedState, seed: int, state: dict | None = None,
                  device: str = "cpu") -> None:

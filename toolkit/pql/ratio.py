@@ -13,9 +13,13 @@ ratios stay within ``slack`` of their targets. The sequential mode uses the same
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import torch
 
-from toolkit.pql.shared import C
+from toolkit.config import PQLConfig
+from toolkit.pql.roles import Role
+from toolkit.pql.shared import Counter
 
 
 class RatioGate:
@@ -28,14 +32,24 @@ class RatioGate:
             raise ValueError(f"ratio_slack must be >= 1 (0 would deadlock), got {slack}")
         self.ka, self.kp, self.slack, self.batch_size = critic_per_actor, critic_per_policy, slack, batch_size
 
+    @classmethod
+    def for_config(cls, cfg: PQLConfig) -> RatioGate:
+        return cls(cfg.critic_updates_per_actor_step, cfg.critic_updates_per_policy_update, cfg.ratio_slack,
+                   cfg.batch_size)
+
+    def may_work(self, role: Role) -> Callable[[torch.Tensor, int, int], bool]:
+        """The gate of ``role``: ``gate(counters, v_start, p_start) -> bool``."""
+        return {Role.ACTOR: self.actor_may_step, Role.V_LEARNER: self.v_may_update,
+                Role.P_LEARNER: self.p_may_update}[role]
+
     @staticmethod
     def learning(c: torch.Tensor) -> bool:
-        return int(c[C.LEARN_START]) >= 0
+        return int(c[Counter.LEARN_START]) >= 0
 
     def leads(self, c: torch.Tensor, v_start: int, p_start: int) -> tuple[float, float]:
-        v = int(c[C.V_UPDATES]) - v_start
-        actor_lead = (int(c[C.ACTOR_STEPS]) - int(c[C.LEARN_START])) - v / self.ka
-        p_lead = (int(c[C.P_UPDATES]) - p_start) - v / self.kp
+        v = int(c[Counter.V_UPDATES]) - v_start
+        actor_lead = (int(c[Counter.ACTOR_STEPS]) - int(c[Counter.LEARN_START])) - v / self.ka
+        p_lead = (int(c[Counter.P_UPDATES]) - p_start) - v / self.kp
         return actor_lead, p_lead
 
     def actor_may_step(self, c: torch.Tensor, v_start: int, p_start: int) -> bool:
@@ -45,13 +59,13 @@ class RatioGate:
         return actor_lead < self.slack
 
     def v_may_update(self, c: torch.Tensor, v_start: int, p_start: int) -> bool:
-        if not self.learning(c) or int(c[C.REPLAY_SIZE]) < self.batch_size:
+        if not self.learning(c) or int(c[Counter.REPLAY_SIZE]) < self.batch_size:
             return False
         actor_lead, p_lead = self.leads(c, v_start, p_start)
         return actor_lead > -self.slack and p_lead > -self.slack
 
     def p_may_update(self, c: torch.Tensor, v_start: int, p_start: int) -> bool:
-        if not self.learning(c) or int(c[C.REPLAY_SIZE]) < self.batch_size:
+        if not self.learning(c) or int(c[Counter.REPLAY_SIZE]) < self.batch_size:
             return False
         _, p_lead = self.leads(c, v_start, p_start)
         return p_lead < self.slack
@@ -61,8 +75,8 @@ class RatioGate:
         policy update (targets: Ka and Kp)."""
         if not self.learning(c):
             return {"critic_per_actor_step": float("nan"), "critic_per_policy_update": float("nan")}
-        actor = int(c[C.ACTOR_STEPS]) - int(c[C.LEARN_START])
-        v = int(c[C.V_UPDATES]) - v_start
-        p = int(c[C.P_UPDATES]) - p_start
+        actor = int(c[Counter.ACTOR_STEPS]) - int(c[Counter.LEARN_START])
+        v = int(c[Counter.V_UPDATES]) - v_start
+        p = int(c[Counter.P_UPDATES]) - p_start
         return {"critic_per_actor_step": v / actor if actor else float("nan"),
                 "critic_per_policy_update": v / p if p else float("nan")}

@@ -1,16 +1,60 @@
-"""What the three roles have in common: dimensions, networks, normalizers, state exchange."""
+"""The three PQL roles as a table, and what they have in common: dimensions, networks,
+normalizers, the shared state they are built on.
+
+A role is a :class:`Role`; everything that differs between roles and that a placement needs
+(its display name, the counter it serves pause requests on, its loss slot, the boards it owns)
+is one row of :data:`ROLES`, never a string compared in code.
+"""
 
 from __future__ import annotations
 
+import enum
 from dataclasses import dataclass
 
 import torch
-from torch import nn
 
 from toolkit.config import PQLConfig
 from toolkit.nn import Actor, DoubleQCritic
 from toolkit.normalizer import RunningNorm
-from toolkit.pql.shared import C, ParamBoard, SharedReplay, SharedState, module_tensors
+from toolkit.pql.shared import Counter, ParamBoard, SharedReplay, SharedState, module_tensors
+
+
+class Role(enum.Enum):
+    ACTOR = "Actor"
+    V_LEARNER = "V-learner"
+    P_LEARNER = "P-learner"
+
+
+@dataclass(frozen=True)
+class RoleSpec:
+    """What a placement needs to know about a role.
+
+    Attributes:
+        name: display name (logs, errors, roles.json).
+        paused: the counter the role writes when it has served a pause request.
+        owned: the counters it is the only writer of (the Ray placement reports these).
+        boards: names of the SharedState boards it publishes (SharedState.boards()).
+        loss_slot: its index in SharedState.losses (learners).
+        seed_offset: added to seed * 1000 for the role's own generators.
+    """
+
+    name: str
+    paused: Counter
+    owned: tuple[Counter, ...]
+    boards: tuple[str, ...]
+    loss_slot: int | None
+    seed_offset: int
+
+
+ROLES: dict[Role, RoleSpec] = {
+    Role.ACTOR: RoleSpec("Actor", Counter.PAUSED_ACTOR,
+                         (Counter.ACTOR_STEPS, Counter.ENV_STEPS, Counter.REPLAY_SIZE, Counter.REPLAY_NEXT,
+                          Counter.LEARN_START, Counter.NAN_RESETS, Counter.PAUSED_ACTOR),
+                         ("obs_norm", "critic_obs_norm"), None, 1),
+    Role.V_LEARNER: RoleSpec("V-learner", Counter.PAUSED_V, (Counter.V_UPDATES, Counter.PAUSED_V), ("critic",), 0, 2),
+    Role.P_LEARNER: RoleSpec("P-learner", Counter.PAUSED_P, (Counter.P_UPDATES, Counter.PAUSED_P), ("actor",), 1, 3),
+}
+LEARNERS = (Role.V_LEARNER, Role.P_LEARNER)
 
 
 class TrainingError(RuntimeError):
@@ -31,6 +75,12 @@ class Dims:
     asymmetric: bool
     metrics: tuple[str, ...] = ()
 
+    @classmethod
+    def of(cls, task) -> Dims:
+        """The dimensions of a :class:`~toolkit.contract.task.Task`."""
+        return cls(obs=task.obs_layout.size, critic_obs=task.critic_obs_layout.size, action=task.robot.num_joints,
+                   asymmetric=task.asymmetric, metrics=tuple(task.metric_names))
+
 
 def make_actor(cfg: PQLConfig, dims: Dims) -> Actor:
     return Actor(dims.obs, dims.action, cfg.actor_hidden)
@@ -46,17 +96,20 @@ def make_normalizers(cfg: PQLConfig, dims: Dims) -> tuple[RunningNorm, RunningNo
     return obs_norm, critic_norm
 
 
-def make_shared_state(cfg: PQLConfig, dims: Dims, share: bool = True, replay: bool = True) -> SharedState:
-    """Counters, weight boards and (``replay``) the replay ring sized for ``cfg`` and ``dims``.
+def make_shared_state(cfg: PQLConfig, dims: Dims, share: bool = True, replay: bool = True,
+                      device: torch.device | str = "cpu") -> SharedState:
+    """Counters, weight boards and (``replay``) the replay ring sized for ``cfg`` and ``dims``, with
+    the boards' data and the ring on ``device`` (the learners').
 
-    ``share``: in shared memory for role processes; False for one process's private copy
-    (a Ray actor's). ``replay=False`` leaves the ring out where nobody samples it.
+    ``share``: for role processes (CPU shared memory; CUDA tensors cross by IPC); False for one
+    process's private copy (a Ray actor's). ``replay=False`` leaves the ring out where nobody
+    samples it.
     """
     actor, critic = make_actor(cfg, dims), make_critic(cfg, dims)
     obs_norm, critic_norm = make_normalizers(cfg, dims)
     ring = SharedReplay(cfg.replay_size, dims.obs, dims.action, dims.critic_obs if dims.asymmetric else None,
-                        share) if replay else None
-    return SharedState(ring, *(ParamBoard.for_tensors(module_tensors(m), share)
+                        share, device) if replay else None
+    return SharedState(ring, *(ParamBoard.for_tensors(module_tensors(m), share, device)
                                for m in (actor, critic, obs_norm, critic_norm)), share=share,
                        num_metrics=len(dims.metrics))
 
@@ -93,68 +146,3 @@ def to_cpu(state):
     if isinstance(state, (list, tuple)):
         return type(state)(to_cpu(value) for value in state)
     return state
-
-
-def optimizer_step(optimizer: torch.optim.Optimizer, module: nn.Module, loss: torch.Tensor, clip: float,
-                   what: str, update: int) -> float:
-    """Backprop ``loss`` with gradient clipping; refuses non-finite losses."""
-    value = float(loss.detach())
-    if not torch.isfinite(loss.detach()):
-        raise NonFiniteLossError(f"{what} loss is {value} at update {update}: stopping (the last good "
-                                 "checkpoint is kept). Lower the learning rate or the reward scale.")
-    optimizer.zero_grad(set_to_none=True)
-    loss.backward()
-    nn.utils.clip_grad_norm_(module.parameters(), clip, foreach=True)
-    optimizer.step()
-    return value
-
-
-class Learner:
-    """What the V- and P-learner share: one gradient step on a replay sample per ``update()``.
-
-    A subclass sets ``name``, ``counter`` (its update counter), ``loss_slot`` (index in
-    ``shared.losses``), ``fields`` (replay fields it samples), ``self.trained`` / ``self.optimizer``
-    and implements ``_loss(batch)``, ``sync()``, ``publish()``, ``state_dict()`` and
-    ``load_state_dict()``; ``after_step()`` runs after each optimizer step.
-    """
-
-    name: str
-    what: str  # named in a non-finite loss error
-    counter: C
-    loss_slot: int
-    fields: list[str]
-    trained: nn.Module
-    optimizer: torch.optim.Optimizer
-
-    def __init__(self, cfg: PQLConfig, dims: Dims, shared: SharedState, seed: int, device: str) -> None:
-        self.cfg, self.dims, self.shared = cfg, dims, shared
-        self.device = torch.device(device)
-        self.norms = NormalizerReader(cfg, dims, shared, self.device)
-        self.generator = torch.Generator().manual_seed(seed)
-        self.updates = int(shared.counters[self.counter])
-        self.last_loss = float("nan")
-
-    def _ready(self, state: dict | None) -> None:
-        """Finish construction: restore ``state``, pick the (optionally compiled) loss, publish."""
-        if state is not None:
-            self.load_state_dict(state)
-        self._loss_fn = torch.compile(self._loss) if self.cfg.compile else self._loss
-        self.publish()
-
-    def after_step(self) -> None:
-        pass
-
-    def update(self) -> float:
-        """One update on a fresh sample; publishes the weights and bumps the update counter."""
-        self.sync()
-        replay = self.shared.replay
-        idx = replay.sample_indices(self.shared.counters, self.cfg.batch_size, self.generator)
-        loss = self._loss_fn(replay.gather(idx, self.fields, self.device))
-        self.last_loss = optimizer_step(self.optimizer, self.trained, loss, self.cfg.grad_clip, self.what,
-                                        self.updates)
-        self.after_step()
-        self.publish()
-        self.updates += 1
-        self.shared.counters[self.counter] = self.updates
-        self.shared.losses[self.loss_slot] = self.last_loss
-        return self.last_loss

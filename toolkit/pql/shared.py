@@ -1,23 +1,26 @@
 """State the three PQL roles share: counters, published weights and the replay ring.
 
-Everything lives in shared-memory torch tensors created by the trainer before the role
-processes start (``share_memory_()``), so roles exchange data without pickling per step.
-Each counter has exactly one writer; readers see whole int64 values. With ``share=False``
-the same objects are private to one process: the Ray launcher gives each Ray actor its own
-copy and keeps the copies in step through a coordinator (toolkit.pql.ray_launcher).
+Counters and board versions are small int64 tensors in host shared memory; the data (replay
+rows, weights, normalizer statistics) live on the learners' device. On the CPU that is shared
+memory (``share_memory_()``); on a GPU the tensors are CUDA tensors, which torch.multiprocessing
+hands to spawned role processes through CUDA IPC (the trainer, which created them, keeps them
+alive). Roles exchange data without pickling and, on a GPU, without a host round trip: a sampled
+batch and a published weight vector never leave the device. Each counter has exactly one writer;
+readers see whole int64 values. With ``share=False`` the same objects are private to one process
+(a Ray actor's copy).
 """
 
 from __future__ import annotations
 
 import time
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from enum import IntEnum
 
 import torch
 from torch import nn
 
 
-class C(IntEnum):
+class Counter(IntEnum):
     """Indices of the shared int64 counters (writer in brackets)."""
 
     ACTOR_STEPS = 0  # [actor] env.step calls, each steps every env once
@@ -35,42 +38,70 @@ class C(IntEnum):
     NAN_RESETS = 12  # [actor] envs reset because their physics went non-finite
 
 
-NUM_COUNTERS = len(C)
+NUM_COUNTERS = len(Counter)
+
+def read_counters(counters: torch.Tensor) -> dict[str, int]:
+    """The progress counters a checkpoint and a metrics record carry."""
+    return {"actor_steps": int(counters[Counter.ACTOR_STEPS]), "env_steps": int(counters[Counter.ENV_STEPS]),
+            "v_updates": int(counters[Counter.V_UPDATES]), "p_updates": int(counters[Counter.P_UPDATES])}
 
 
-def _zeros(shape: tuple[int, ...], dtype: torch.dtype, share: bool) -> torch.Tensor:
-    """A zero tensor, in shared memory when ``share`` (visible to spawned role processes)."""
-    tensor = torch.zeros(shape, dtype=dtype)
-    return tensor.share_memory_() if share else tensor
+#: The actor's cumulative episode statistics (readers diff them), then one sum per task metric.
+EPISODE_STATS = ("return", "success", "length", "count")
+
+
+def _zeros(shape: tuple[int, ...], dtype: torch.dtype, share: bool, device: torch.device | str = "cpu"
+           ) -> torch.Tensor:
+    """A zero tensor; on the CPU in shared memory when ``share`` (visible to spawned processes;
+    CUDA tensors are shared through CUDA IPC as they are)."""
+    tensor = torch.zeros(shape, dtype=dtype, device=device)
+    return tensor.share_memory_() if share and tensor.device.type == "cpu" else tensor
+
+
+def _settle(device: torch.device) -> None:
+    """Wait until this process's queued work on ``device`` is done (no-op on the CPU): a version
+    or counter another process reads must never run ahead of the data it announces."""
+    if device.type == "cuda":
+        torch.cuda.current_stream(device).synchronize()
 
 
 class ParamBoard:
     """Weights (or buffers) published by one writer, read by others: a seqlock.
 
-    The writer makes the version odd, copies, then makes it even; a reader retries while the
-    version is odd or changed during its copy, so it never sees a half-written vector.
+    The writer makes the version odd, copies (on the data's device; completed before the version
+    moves on), then makes it even; a reader retries while the version is odd or changed during
+    its copy, so it never sees a half-written vector. The version lives in host shared memory,
+    the data on ``device``: a reader on that device copies device to device.
     """
 
-    def __init__(self, numel: int, share: bool = True) -> None:
-        self.data = _zeros((numel,), torch.float32, share)
+    def __init__(self, numel: int, share: bool = True, device: torch.device | str = "cpu") -> None:
+        self.device = torch.device(device)
+        self.data = _zeros((numel,), torch.float32, share, self.device)
         self.version = _zeros((1,), torch.int64, share)
 
     @classmethod
-    def for_tensors(cls, tensors: Iterable[torch.Tensor], share: bool = True) -> ParamBoard:
-        return cls(sum(t.numel() for t in tensors), share)
+    def for_tensors(cls, tensors: Iterable[torch.Tensor], share: bool = True, device: torch.device | str = "cpu"
+                    ) -> ParamBoard:
+        return cls(sum(t.numel() for t in tensors), share, device)
 
-    def publish(self, tensors: Iterable[torch.Tensor]) -> None:
+    def _views(self, tensors: Sequence[torch.Tensor]) -> list[torch.Tensor]:
+        views, offset = [], 0
+        for tensor in tensors:
+            n = tensor.numel()
+            views.append(self.data[offset:offset + n].view(tensor.shape))
+            offset += n
+        return views
+
+    def publish(self, tensors: Sequence[torch.Tensor]) -> None:
         version = int(self.version[0])
         self.version[0] = version + 1
-        offset = 0
         with torch.no_grad():
-            for tensor in tensors:
-                n = tensor.numel()
-                self.data[offset:offset + n].copy_(tensor.detach().reshape(-1))
-                offset += n
+            sources = [t.detach().to(self.device, torch.float32) for t in tensors]
+            torch._foreach_copy_(self._views(sources), sources)  # one fused launch on a GPU
+        _settle(self.device)
         self.version[0] = version + 2
 
-    def read_into(self, tensors: list[torch.Tensor], known_version: int = -1) -> int:
+    def read_into(self, tensors: Sequence[torch.Tensor], known_version: int = -1) -> int:
         """Copy the newest consistent weights into ``tensors`` unless ``known_version`` is
         current; returns the version read (or ``known_version``)."""
         while True:
@@ -80,12 +111,12 @@ class ParamBoard:
             if before % 2:
                 time.sleep(0)
                 continue
-            offset = 0
             with torch.no_grad():
-                for tensor in tensors:
-                    n = tensor.numel()
-                    tensor.copy_(self.data[offset:offset + n].view_as(tensor))
-                    offset += n
+                views = self._views(tensors)
+                for tensor, view in zip(tensors, views, strict=True):
+                    tensor.copy_(view)
+            if tensors:
+                _settle(tensors[0].device)  # the copy has read the data before the version is re-checked
             if int(self.version[0]) == before:
                 return before
 
@@ -95,48 +126,66 @@ def module_tensors(module: nn.Module) -> list[torch.Tensor]:
     return list(module.parameters()) + list(module.buffers())
 
 
+#: Fields of a transition in the ring (critic_obs/next_critic_obs only for asymmetric tasks).
+TRANSITION_FIELDS = ("obs", "next_obs", "action", "reward", "discount")
+
+
 class SharedReplay:
-    """A ring of n-step transitions in shared memory; the actor is the only writer.
+    """A ring of n-step transitions on ``device``; the actor is the only writer.
 
     Per transition: obs (O), critic_obs (C, only for asymmetric tasks), action (A),
     reward (n-step discounted, scaled), next_obs (O) / next_critic_obs (C) to bootstrap
     from, discount (gamma^k, 0 where the episode terminated). Learners sample uniformly
-    among the first ``size`` rows.
+    among the first ``size`` rows, on the ring's device (indices drawn there, gathered there).
     """
 
     def __init__(self, capacity: int, obs_dim: int, action_dim: int, critic_obs_dim: int | None,
-                 share: bool = True) -> None:
-        def shared(*shape):
-            return _zeros(shape, torch.float32, share)
-
+                 share: bool = True, device: torch.device | str = "cpu") -> None:
+        self.device = torch.device(device)
         self.capacity = capacity
-        self.obs = shared(capacity, obs_dim)
-        self.next_obs = shared(capacity, obs_dim)
-        self.action = shared(capacity, action_dim)
-        self.reward = shared(capacity)
-        self.discount = shared(capacity)
-        self.asymmetric = critic_obs_dim is not None
-        self.critic_obs = shared(capacity, critic_obs_dim) if self.asymmetric else self.obs
-        self.next_critic_obs = shared(capacity, critic_obs_dim) if self.asymmetric else self.next_obs
+
+        def ring(*shape):
+            return _zeros(shape, torch.float32, share, self.device)
+
+        try:
+            self.obs = ring(capacity, obs_dim)
+            self.next_obs = ring(capacity, obs_dim)
+            self.action = ring(capacity, action_dim)
+            self.reward = ring(capacity)
+            self.discount = ring(capacity)
+            self.asymmetric = critic_obs_dim is not None
+            self.critic_obs = ring(capacity, critic_obs_dim) if self.asymmetric else self.obs
+            self.next_critic_obs = ring(capacity, critic_obs_dim) if self.asymmetric else self.next_obs
+        except torch.OutOfMemoryError as error:
+            row = 2 * obs_dim + action_dim + 2 + (2 * critic_obs_dim if critic_obs_dim else 0)
+            size_gib = capacity * row * 4 / 2**30
+            raise MemoryError(f"the replay ring of {capacity:,} transitions ({size_gib:.1f} GiB) does not fit on "
+                              f"{self.device}: lower --pql.replay-size") from error
+        self._offsets = torch.arange(0, dtype=torch.int64, device=self.device)
+
+    def fields(self) -> tuple[str, ...]:
+        return TRANSITION_FIELDS + (("critic_obs", "next_critic_obs") if self.asymmetric else ())
 
     def write(self, counters: torch.Tensor, batch: dict[str, torch.Tensor]) -> None:
         """Append a batch (B rows per field) at the ring's write position."""
         n = batch["obs"].shape[0]
-        start = int(counters[C.REPLAY_NEXT])
-        rows = (start + torch.arange(n)) % self.capacity
-        for name in ("obs", "next_obs", "action", "reward", "discount"):
-            getattr(self, name)[rows] = batch[name].to(torch.float32).cpu()
-        if self.asymmetric:
-            self.critic_obs[rows] = batch["critic_obs"].to(torch.float32).cpu()
-            self.next_critic_obs[rows] = batch["next_critic_obs"].to(torch.float32).cpu()
-        counters[C.REPLAY_NEXT] = (start + n) % self.capacity
-        counters[C.REPLAY_SIZE] = min(int(counters[C.REPLAY_SIZE]) + n, self.capacity)
+        if self._offsets.numel() != n:
+            self._offsets = torch.arange(n, dtype=torch.int64, device=self.device)
+        start = int(counters[Counter.REPLAY_NEXT])
+        rows = (self._offsets + start) % self.capacity
+        for name in self.fields():
+            getattr(self, name)[rows] = batch[name].to(self.device, torch.float32)
+        _settle(self.device)  # the rows are there before the counters announce them
+        counters[Counter.REPLAY_NEXT] = (start + n) % self.capacity
+        counters[Counter.REPLAY_SIZE] = min(int(counters[Counter.REPLAY_SIZE]) + n, self.capacity)
 
     def sample_indices(self, counters: torch.Tensor, batch_size: int, generator: torch.Generator) -> torch.Tensor:
-        size = int(counters[C.REPLAY_SIZE])
-        return torch.randint(size, (batch_size,), generator=generator)
+        """Uniform row indices (batch_size,) on the ring's device (``generator`` lives there too)."""
+        size = int(counters[Counter.REPLAY_SIZE])  # host shared memory: no device sync
+        return torch.randint(size, (batch_size,), generator=generator, device=self.device)
 
     def gather(self, idx: torch.Tensor, fields: Iterable[str], device: torch.device) -> dict[str, torch.Tensor]:
+        """The rows ``idx`` of ``fields``, on ``device`` (the ring's own: no copy between devices)."""
         return {name: getattr(self, name)[idx].to(device, non_blocking=True) for name in fields}
 
 
@@ -150,13 +199,17 @@ class SharedState:
                  obs_norm_board: ParamBoard, critic_obs_norm_board: ParamBoard, share: bool = True,
                  num_metrics: int = 0) -> None:
         self.counters = _zeros((NUM_COUNTERS,), torch.int64, share)
-        # Actor's cumulative episode statistics: [return sum, success sum, length sum, count,
-        # then one sum per task episode metric (Task.metric_names)].
-        self.episode_stats = _zeros((4 + num_metrics,), torch.float64, share)
-        # Last critic and actor losses, written by the learners.
+        # The actor's cumulative EPISODE_STATS, then one sum per task episode metric (Task.metric_names).
+        self.episode_stats = _zeros((len(EPISODE_STATS) + num_metrics,), torch.float64, share)
+        # Last losses read back by each learner, indexed by its role's loss slot (roles.ROLES).
         self.losses = _zeros((2,), torch.float64, share).fill_(float("nan"))
         self.replay = replay
         self.actor_board = actor_board
         self.critic_board = critic_board
         self.obs_norm_board = obs_norm_board
         self.critic_obs_norm_board = critic_obs_norm_board
+
+    def boards(self) -> dict[str, ParamBoard]:
+        """Every board by name ("actor", "critic", "obs_norm", "critic_obs_norm")."""
+        return {"actor": self.actor_board, "critic": self.critic_board, "obs_norm": self.obs_norm_board,
+                "critic_obs_norm": self.critic_obs_norm_board}

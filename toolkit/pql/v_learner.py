@@ -8,8 +8,9 @@ import torch
 import torch.nn.functional as F
 
 from toolkit.config import PQLConfig
-from toolkit.pql.roles import Dims, Learner, make_actor, make_critic
-from toolkit.pql.shared import C, SharedState, module_tensors
+from toolkit.pql.learner import Learner
+from toolkit.pql.roles import Dims, Role, make_actor, make_critic
+from toolkit.pql.shared import Counter, SharedState, module_tensors
 
 
 def project_distribution(probs: torch.Tensor, reward: torch.Tensor, discount: torch.Tensor,
@@ -37,7 +38,7 @@ def project_distribution(probs: torch.Tensor, reward: torch.Tensor, discount: to
 class VLearner(Learner):
     """Samples the replay ring, updates the critic, publishes it and its update count."""
 
-    name, what, counter, loss_slot = "V-learner", "critic", C.V_UPDATES, 0
+    role, what, counter = Role.V_LEARNER, "critic", Counter.V_UPDATES
 
     def __init__(self, cfg: PQLConfig, dims: Dims, shared: SharedState, seed: int, state: dict | None = None,
                  device: str = "cpu") -> None:

@@ -61,7 +61,7 @@ def test_servo_ids_follow_the_joint_names():
     assert len(set(spec.SERVO_IDS)) == 9 and spec.VALVE_SERVO_ID not in spec.SERVO_IDS
     # ROBEL numbering: finger digit then joint digit, as in the joint names (FFJ10 -> 10).
     assert all(name.endswith(str(servo)) for name, servo in zip(spec.JOINT_NAMES, spec.SERVO_IDS, strict=True))
-    assert spec.SPEC.extra["servo_ids"] == spec.SERVO_IDS
+    assert spec.SPEC.hardware["servo_ids"] == spec.SERVO_IDS
 
 
 def test_timing_and_scales(model):

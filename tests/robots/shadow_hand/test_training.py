@@ -6,8 +6,9 @@ import json
 
 from robots import make_task
 from toolkit.checkpoint import load_checkpoint
-from toolkit.config import LogConfig, PQLConfig, TrainConfig
+from toolkit.config import EnvConfig, LogConfig, PlacementConfig, PlacementKind, PQLConfig, StopConfig, TrainConfig
 from toolkit.pql.trainer import train
+from train.common import task_factory
 
 NAME = "shadow_hand-reorient"
 
@@ -17,13 +18,13 @@ def test_asymmetric_observations_flow_through_the_trainer_and_export(tmp_path):
     obs_dim, critic_obs_dim, action_dim = task.obs_layout.size, task.critic_obs_layout.size, task.robot.num_joints
     assert critic_obs_dim > obs_dim
     cfg = TrainConfig(
-        task=NAME, num_envs=8, mode="sequential", run_dir=str(tmp_path / "run"), max_time_s=300.0,
-        max_env_steps=8 * 16,
+        env=EnvConfig(task=NAME, num_envs=8), placement=PlacementConfig(PlacementKind.sequential),
+        run_dir=str(tmp_path / "run"), stop=StopConfig(max_time_s=300.0, max_env_steps=8 * 16),
         pql=PQLConfig(actor_hidden=(32, 32), critic_hidden=(32, 32), batch_size=32, replay_size=4_000,
                       warmup_steps=4, critic_updates_per_actor_step=2),
         log=LogConfig(log_interval_s=1.0, eval_interval_s=1e6, eval_envs=2, checkpoint_interval_s=1e6,
                       tensorboard=False))
-    result = train(cfg)
+    result = train(cfg, task_factory(cfg.env))
     checkpoint = load_checkpoint(result.run_dir)
     assert checkpoint["counters"]["v_updates"] > 0 and checkpoint["counters"]["p_updates"] > 0
 

@@ -156,6 +156,14 @@ def test_domain_randomization_values(name):
     heavy = torch.as_tensor(model.body_mass) > 0
     torch.testing.assert_close(env.sim.model_field("body_mass")[:, heavy],
                                torch.as_tensor(model.body_mass[heavy.numpy()]) * values["mass"])
+    torch.testing.assert_close(env.sim.model_field("body_inertia")[:, heavy],
+                               torch.as_tensor(model.body_inertia[heavy.numpy()]) * values["mass"][..., None])
+    colliding = torch.as_tensor((model.geom_contype != 0) | (model.geom_conaffinity != 0))
+    torch.testing.assert_close(env.sim.model_field("geom_friction")[:, colliding, 0],
+                               torch.as_tensor(model.geom_friction[colliding.numpy(), 0]) * values["friction"])
+    # Only the sliding friction of colliding geoms is scaled: torsional and rolling stay nominal.
+    torch.testing.assert_close(env.sim.model_field("geom_friction")[:, :, 1:],
+                               torch.as_tensor(model.geom_friction[:, 1:]).expand(4, -1, -1))
 
     # Same seed, same values; resampled at every reset.
     again = make_env(name, num_envs=4, seed=3, randomize=True)

@@ -6,6 +6,8 @@ import torch
 
 from toolkit.contract.rng import EnvStreams, env_seeds, mix64
 
+TORCH = torch.zeros(0)  # the namespace (and device) the streams draw in
+
 
 def splitmix64_reference(state: np.ndarray) -> np.ndarray:
     """SplitMix64's output function in uint64 numpy (which wraps by definition)."""
@@ -23,7 +25,7 @@ def test_mix64_matches_uint64_splitmix():
 
 
 def test_uniform_is_in_range_and_roughly_uniform():
-    streams = EnvStreams(4)
+    streams = EnvStreams(4, TORCH)
     streams.seed(env_seeds(7, 4))
     draws = streams.uniform(None, (4, 5000))
     assert draws.dtype == torch.float64 and draws.shape == (4, 5000)
@@ -38,9 +40,9 @@ def test_uniform_is_in_range_and_roughly_uniform():
 
 
 def test_each_env_stream_depends_only_on_its_own_seed_and_draws():
-    together = EnvStreams(3)
+    together = EnvStreams(3, TORCH)
     together.seed(env_seeds(10, 3))
-    alone = EnvStreams(1)
+    alone = EnvStreams(1, TORCH)
     alone.seed(env_seeds(12, 1))
     # Env 2 of the batch seeded 10 is a single env seeded 12, whatever the others draw.
     together.uniform(torch.tensor([0, 1]), (2, 7))
@@ -51,7 +53,7 @@ def test_each_env_stream_depends_only_on_its_own_seed_and_draws():
 
 
 def test_reseeding_repeats_and_draws_advance():
-    streams = EnvStreams(2)
+    streams = EnvStreams(2, TORCH)
     streams.seed(env_seeds(3, 2))
     a = streams.uniform(None, (2, 4))
     b = streams.uniform(None, (2, 4))
@@ -63,7 +65,7 @@ def test_reseeding_repeats_and_draws_advance():
 
 
 def test_shapes_must_have_one_row_per_env():
-    streams = EnvStreams(3)
+    streams = EnvStreams(3, TORCH)
     assert streams.uniform(torch.tensor([0, 2]), (2,)).shape == (2,)
     assert streams.uniform(None, (3, 2, 4)).shape == (3, 2, 4)
     with pytest.raises(ValueError, match="first dimension must be the number of envs drawn for \\(2\\)"):
@@ -83,3 +85,17 @@ def test_env_seeds():
         env_seeds(-1, 3)
     with pytest.raises(TypeError):
         env_seeds(True, 3)
+
+
+def test_numpy_and_torch_streams_draw_the_same_numbers():
+    """The deployment sim (numpy) and the training env (torch) replay the same episode only if
+    their streams agree bit for bit, also after partial draws and reseeds."""
+    ours, theirs = EnvStreams(3), EnvStreams(3, TORCH)
+    for streams in (ours, theirs):
+        streams.seed(env_seeds(2**40 + 5, 3))
+    np.testing.assert_array_equal(ours.uniform(None, (3, 4, 2)), theirs.uniform(None, (3, 4, 2)).numpy())
+    np.testing.assert_array_equal(ours.uniform(np.array([2, 0]), (2, 5)),
+                                  theirs.uniform(torch.tensor([2, 0]), (2, 5)).numpy())
+    drawn = ours.uniform(None, (3,))
+    assert isinstance(drawn, np.ndarray) and ours.key.dtype == np.int64
+    np.testing.assert_array_equal(drawn, theirs.uniform(None, (3,)).numpy())

@@ -6,7 +6,8 @@ import pytest
 import torch
 
 from toolkit.pql.ratio import RatioGate
-from toolkit.pql.shared import NUM_COUNTERS, C
+from toolkit.pql.shared import NUM_COUNTERS
+from toolkit.pql.shared import Counter as C
 
 
 def _counters(learn_start=0, replay=10_000):

@@ -5,7 +5,8 @@ import threading
 import torch
 
 from toolkit.pql.actor import mixed_noise_std
-from toolkit.pql.shared import NUM_COUNTERS, C, ParamBoard, SharedReplay
+from toolkit.pql.shared import NUM_COUNTERS, ParamBoard, SharedReplay
+from toolkit.pql.shared import Counter as C
 
 
 def test_board_round_trip_and_version_skip():
@@ -34,14 +35,18 @@ def test_reader_never_sees_a_torn_write():
 
     thread = threading.Thread(target=writer)
     thread.start()
+    seen = set()
     try:
         target = [torch.zeros(100_000)]
         for _ in range(300):
             board.read_into(target)
             assert bool((target[0] == target[0][0]).all()), "mixed versions in one read"
+            seen.add(float(target[0][0]))
     finally:
         stop.set()
         thread.join()
+    # The writer and the reader did interleave: the reads saw many different versions.
+    assert len(seen) >= 10, f"only {len(seen)} versions seen: the test did not exercise concurrent writes"
 
 
 def test_replay_ring_wraps_and_counts():
@@ -64,3 +69,14 @@ def test_mixed_noise_schedule():
     assert sigma.shape == (64, 1)
     assert sigma[0].item() == torch.tensor(0.05).item() and abs(sigma[-1].item() - 0.8) < 1e-6
     assert bool((sigma[1:] > sigma[:-1]).all())
+
+
+def test_sampled_indices_are_drawn_on_the_rings_device():
+    replay = SharedReplay(capacity=8, obs_dim=1, action_dim=1, critic_obs_dim=None, share=False)
+    counters = torch.zeros(NUM_COUNTERS, dtype=torch.int64)
+    counters[C.REPLAY_SIZE] = 8
+    generator = torch.Generator(device=replay.device).manual_seed(1)
+    idx = replay.sample_indices(counters, 16, generator)
+    assert idx.device == replay.device and idx.dtype == torch.int64
+    batch = replay.gather(idx, ["obs", "reward"], replay.device)
+    assert batch["obs"].shape == (16, 1) and batch["obs"].device == replay.device

@@ -1,4 +1,4 @@
-"""The Ray placement of the PQL roles: ``python -m train.dclaw --distributed ray [--ray-address auto]``.
+"""The Ray placement of the PQL roles: ``python -m train.dclaw --placement ray [--ray-address auto]``.
 
 The same role classes (build_role), the same RoleLoop and RatioGate as the process mode; what
 changes is how the roles reach each other, because shared memory does not cross nodes:
@@ -22,7 +22,7 @@ changes is how the roles reach each other, because shared memory does not cross 
   the Actor) ship as one flat vector per board and version, at most every ``_WEIGHTS_EVERY_S``;
   a role installs a board only when its version changed.
 * The trainer (this process) mirrors the coordinator's counters, episode statistics, losses
-  and the policy and normalizer boards into its own SharedState, so Trainer._main_loop,
+  and the policy and normalizer boards into its own SharedState, so the trainer's main loop,
   record(), run_evaluation() and save() work unchanged: same metrics.jsonl, checkpoints and
   TrainResult as the process mode. A checkpoint pauses every role (each flushes its counters
   and weights, then hands over its state_dict) so the snapshot is consistent.
@@ -35,7 +35,6 @@ from __future__ import annotations
 
 import asyncio
 import collections
-import json
 import logging
 import math
 import os
@@ -43,16 +42,16 @@ import signal
 import threading
 import time
 import warnings
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import numpy as np
 import torch
 
 from toolkit.config import TrainConfig
+from toolkit.pql.placement import ROLE_TIMEOUT_S, Placement, RoleLoop, RunContext, Snapshot, build_role
 from toolkit.pql.ratio import RatioGate
-from toolkit.pql.roles import Dims, TrainingError, make_shared_state
-from toolkit.pql.shared import C, ParamBoard, SharedState
-from toolkit.pql.trainer import _ROLE_TIMEOUT_S, ROLE_NAMES, RoleLoop, build_role
+from toolkit.pql.roles import LEARNERS, ROLES, Dims, Role, TrainingError, make_shared_state
+from toolkit.pql.shared import Counter, ParamBoard, SharedState, read_counters
 
 try:
     import ray
@@ -61,31 +60,21 @@ try:
 except ImportError:  # reported with the fix when --distributed ray is asked for
     ray = None
 
-if TYPE_CHECKING:
-    from toolkit.pql.trainer import Trainer, TrainResult
-
 _SYNC_EVERY_S = 0.005  # a working role syncs at most this often (one sync in flight at a time)
 _WEIGHTS_EVERY_S = 0.02  # ...and ships its newest weights at most this often
 _LONG_POLL_S = 0.1  # a blocked role's sync waits this long at most for news
 _TICK_S = 0.02  # the trainer's health check and counter mirror period
 _MIRROR_WEIGHTS_EVERY_S = 0.5  # the trainer's policy/normalizer copy (for evaluation) is at most this old
-_LEARNERS = ("V-learner", "P-learner")
-_TRAINER = "trainer"
+_TRAINER = "trainer"  # the coordinator's news channel of the trainer (the others': the roles)
 
-# Counters each role writes (reports); all others it takes from the coordinator. A learner's
-# ring fill level is its own: its ring holds what it has received so far.
-_OWNED = {
-    "Actor": (C.ACTOR_STEPS, C.ENV_STEPS, C.REPLAY_SIZE, C.REPLAY_NEXT, C.LEARN_START, C.NAN_RESETS, C.PAUSED_ACTOR),
-    "V-learner": (C.V_UPDATES, C.PAUSED_V),
-    "P-learner": (C.P_UPDATES, C.PAUSED_P),
-}
-_RING = (C.REPLAY_SIZE, C.REPLAY_NEXT)
-_BOARD_OWNER = {"actor": "P-learner", "critic": "V-learner", "obs_norm": "Actor", "critic_obs_norm": "Actor"}
-_LOSS_SLOT = {"V-learner": 0, "P-learner": 1}
+# A learner's ring fill level is its own: its ring holds what it has received so far. Every
+# other counter a role takes from the coordinator, except those it owns (ROLES[role].owned).
+_RING = (Counter.REPLAY_SIZE, Counter.REPLAY_NEXT)
+_BOARD_OWNER = {board: role for role, spec in ROLES.items() for board in spec.boards}
 
 
 def _board(shared: SharedState, name: str) -> ParamBoard:
-    return getattr(shared, f"{name}_board")
+    return shared.boards()[name]
 
 
 def _tensor(array: np.ndarray) -> torch.Tensor:
@@ -114,8 +103,8 @@ class _Outbox:
         n = batch["obs"].shape[0]
         # Copy: the env may reuse its observation tensors on the next step.
         self._batches.append({k: v.detach().to("cpu", torch.float32, copy=True) for k, v in batch.items()})
-        counters[C.REPLAY_NEXT] = (int(counters[C.REPLAY_NEXT]) + n) % self.capacity
-        counters[C.REPLAY_SIZE] = min(int(counters[C.REPLAY_SIZE]) + n, self.capacity)
+        counters[Counter.REPLAY_NEXT] = (int(counters[Counter.REPLAY_NEXT]) + n) % self.capacity
+        counters[Counter.REPLAY_SIZE] = min(int(counters[Counter.REPLAY_SIZE]) + n, self.capacity)
 
     def drain(self) -> dict[str, np.ndarray] | None:
         """Everything written since the last drain, as one batch (None if nothing)."""
@@ -134,24 +123,24 @@ class _Link:
     and the boards whose version changed.
     """
 
-    def __init__(self, name: str, shared: SharedState, coordinator) -> None:
-        self.name, self.shared, self.coordinator = name, shared, coordinator
-        self.keep = set(_OWNED[name]) | (set(_RING) if name in _LEARNERS else set())
-        self.shipped = {b: -1 for b, owner in _BOARD_OWNER.items() if owner == name}  # local versions sent
-        self.known = {b: -1 for b, owner in _BOARD_OWNER.items() if owner != name}  # coordinator versions held
+    def __init__(self, role: Role, shared: SharedState, coordinator) -> None:
+        self.role, self.shared, self.coordinator = role, shared, coordinator
+        self.keep = set(ROLES[role].owned) | (set(_RING) if role in LEARNERS else set())
+        self.shipped = {b: -1 for b, owner in _BOARD_OWNER.items() if owner is role}  # local versions sent
+        self.known = {b: -1 for b, owner in _BOARD_OWNER.items() if owner is not role}  # coordinator versions held
         self.in_flight = None
         self.last_sync = self.last_weights = -math.inf
 
     def report(self, weights: bool) -> dict[str, Any]:
         counters = self.shared.counters
-        report: dict[str, Any] = {"counters": {int(i): int(counters[i]) for i in _OWNED[self.name]}}
-        if self.name == "Actor":
+        report: dict[str, Any] = {"counters": {int(i): int(counters[i]) for i in ROLES[self.role].owned}}
+        if self.role is Role.ACTOR:
             report["episode_stats"] = self.shared.episode_stats.tolist()
             batch = self.shared.replay.drain()
             if batch is not None:
                 report["data"] = [ray.put(batch)]  # nested: Ray passes the reference, not the rows
         else:
-            report["loss"] = float(self.shared.losses[_LOSS_SLOT[self.name]])
+            report["loss"] = float(self.shared.losses[ROLES[self.role].loss_slot])
         if weights:
             self.last_weights = time.perf_counter()
             report["boards"] = {}
@@ -159,7 +148,7 @@ class _Link:
                 board = _board(self.shared, b)
                 version = int(board.version[0])  # this process is the board's only writer: never mid-write
                 if version != shipped:
-                    report["boards"][b] = [ray.put(board.data.numpy())]
+                    report["boards"][b] = [ray.put(board.data.cpu().numpy())]  # Ray moves host memory
                     self.shipped[b] = version
         return report
 
@@ -194,24 +183,25 @@ class _Link:
         if not worked or now - self.last_sync >= _SYNC_EVERY_S:
             self.last_sync = now
             weights = not worked or now - self.last_weights >= _WEIGHTS_EVERY_S
-            self.in_flight = self.coordinator.sync.remote(self.name, self.report(weights), self.known, not worked)
+            self.in_flight = self.coordinator.sync.remote(self.role, self.report(weights), self.known, not worked)
 
-    def put(self, item: tuple[str, dict]) -> None:
+    def put(self, item: tuple[Role, dict]) -> None:
         """RoleLoop's state queue (a pause): flush counters, transitions and weights, then hand
         the coordinator this role's state, so the trainer's snapshot is consistent."""
-        name, state = item
+        role, state = item
         self._finish_in_flight()
-        request = int(self.shared.counters[C.PAUSE])
-        ray.get(self.coordinator.put_state.remote(name, request, self.report(weights=True), state))
+        request = int(self.shared.counters[Counter.PAUSE])
+        ray.get(self.coordinator.put_state.remote(role, request, self.report(weights=True), state))
 
 
 class _RoleWorker:
     """A Ray actor running one role on a private SharedState kept in step by a _Link."""
 
-    def __init__(self, name: str, cfg: TrainConfig, dims: Dims, counters: list[int], boards: dict[str, np.ndarray],
-                 state: dict | None, gate: RatioGate, v_start: int, p_start: int, coordinator) -> None:
-        self.name, self.cfg, self.dims, self.counters, self.boards = name, cfg, dims, counters, boards
-        self.state, self.gate, self.v_start, self.p_start, self.coordinator = state, gate, v_start, p_start, coordinator
+    def __init__(self, role: Role, cfg: TrainConfig, dims: Dims, counters: list[int], boards: dict[str, np.ndarray],
+                 state: dict | None, gate: RatioGate, v_start: int, p_start: int, make_task, coordinator) -> None:
+        self.role, self.cfg, self.dims, self.counters, self.boards = role, cfg, dims, counters, boards
+        self.state, self.gate, self.v_start, self.p_start = state, gate, v_start, p_start
+        self.make_task, self.coordinator = make_task, coordinator
 
     def where(self) -> dict[str, Any]:
         return {"pid": os.getpid(), "node": ray.util.get_node_ip_address(), "gpus": ray.get_gpu_ids()}
@@ -220,17 +210,18 @@ class _RoleWorker:
         """Build the role and run it until the trainer stops it; a raise reaches the trainer."""
         if threading.current_thread() is threading.main_thread():
             signal.signal(signal.SIGINT, signal.SIG_IGN)  # the trainer handles Ctrl-C and stops us
-        cfg, name = self.cfg, self.name
-        shared = make_shared_state(cfg.pql, self.dims, share=False, replay=name != "Actor")
-        if name == "Actor":
+        cfg, role = self.cfg, self.role
+        device = cfg.env.device if role is Role.ACTOR else cfg.learner_device()
+        shared = make_shared_state(cfg.pql, self.dims, share=False, replay=role is not Role.ACTOR, device=device)
+        if role is Role.ACTOR:
             shared.replay = _Outbox(cfg.pql.replay_size)
         shared.counters.copy_(torch.tensor(self.counters, dtype=torch.int64))
         for b, array in self.boards.items():  # the weights every role starts from (a resumed actor acts at once)
             _board(shared, b).publish([_tensor(array)])
-        role = build_role(name, cfg, self.dims, shared, self.state)
+        worker = build_role(role, cfg, self.dims, shared, self.state, self.make_task)
         self.state = self.boards = None  # the role holds them now
-        link = _Link(name, shared, self.coordinator)
-        RoleLoop(name, role, shared, self.gate, self.v_start, self.p_start, poll=link.poll).run(link)
+        link = _Link(role, shared, self.coordinator)
+        RoleLoop(role, worker, shared, self.gate, self.v_start, self.p_start, poll=link.poll).run(link)
 
 
 # --- the coordinator -------------------------------------------------------------------------
@@ -249,9 +240,9 @@ class _Coordinator:
         self.boards = {b: (1, ray.put(array)) for b, array in boards.items()}  # version, reference
         self.data: collections.deque = collections.deque()  # (sequence number, reference)
         self.next_seq = 0
-        self.taken = {name: 0 for name in _LEARNERS}  # next sequence number each learner takes
-        self.news = {name: asyncio.Event() for name in (*ROLE_NAMES, _TRAINER)}
-        self.states: dict[str, tuple[int, dict]] = {}
+        self.taken = {role: 0 for role in LEARNERS}  # next sequence number each learner takes
+        self.news = {name: asyncio.Event() for name in (*Role, _TRAINER)}
+        self.states: dict[Role, tuple[int, dict]] = {}
 
     def _announce(self, by: str | None) -> None:
         for name, event in self.news.items():
@@ -266,7 +257,7 @@ class _Coordinator:
         if "episode_stats" in report:
             self.episode_stats = report["episode_stats"]
         if "loss" in report:
-            self.losses[_LOSS_SLOT[name]] = report["loss"]
+            self.losses[ROLES[name].loss_slot] = report["loss"]
         for ref in report.get("data", ()):
             self.data.append((self.next_seq, ref))
             self.next_seq += 1
@@ -291,7 +282,7 @@ class _Coordinator:
         self._take(name, report)
         event = self.news[name]
         if blocked:  # news since this role's last reply count: its event stays set until then
-            await self._wait(name, lambda: event.is_set() or self.counters[C.STOP], _LONG_POLL_S)
+            await self._wait(name, lambda: event.is_set() or self.counters[Counter.STOP], _LONG_POLL_S)
         event.clear()
         reply = {"counters": list(self.counters), "boards": self._newer_boards(known), "data": []}
         if name in self.taken:
@@ -309,26 +300,26 @@ class _Coordinator:
         self._announce(by=name)
 
     async def pause(self) -> int:
-        self.counters[C.PAUSE] += 1  # odd: paused (as in the process mode)
+        self.counters[Counter.PAUSE] += 1  # odd: paused (as in the process mode)
         self._announce(by=None)
-        return self.counters[C.PAUSE]
+        return self.counters[Counter.PAUSE]
 
-    async def collect(self, request: int, timeout: float) -> dict[str, dict] | None:
+    async def collect(self, request: int, timeout: float) -> dict[Role, dict] | None:
         """Every role's state for pause ``request`` once all have handed it over, else None."""
         def ready() -> bool:
-            return all(self.states.get(name, (None,))[0] == request for name in ROLE_NAMES)
+            return all(self.states.get(role, (None,))[0] == request for role in Role)
 
         await self._wait(_TRAINER, ready, timeout)
-        return {name: self.states.pop(name)[1] for name in ROLE_NAMES} if ready() else None
+        return {role: self.states.pop(role)[1] for role in Role} if ready() else None
 
     async def release(self, request: int, stop: bool) -> None:
         if stop:  # stop while paused, so the counters stay those of the checkpoint
-            self.counters[C.STOP] = 1
-        self.counters[C.PAUSE] = request + 1
+            self.counters[Counter.STOP] = 1
+        self.counters[Counter.PAUSE] = request + 1
         self._announce(by=None)
 
     async def stop(self) -> None:
-        self.counters[C.STOP] = 1
+        self.counters[Counter.STOP] = 1
         self._announce(by=None)
 
     async def snapshot(self, known: dict[str, int]) -> dict[str, Any]:
@@ -337,25 +328,26 @@ class _Coordinator:
 
 
 # --- the trainer's side ----------------------------------------------------------------------
-def _uses_gpu(cfg: TrainConfig, name: str) -> bool:
-    if name == "Actor":
-        return cfg.device.startswith("cuda") or cfg.sim == "mujoco_warp"
+def _uses_gpu(cfg: TrainConfig, role: Role) -> bool:
+    if role is Role.ACTOR:
+        return cfg.env.device.startswith("cuda") or cfg.env.sim == "mujoco_warp"
     return cfg.learner_device().startswith("cuda")
 
 
-def _role_resources(cfg: TrainConfig) -> dict[str, dict[str, float]]:
+def _role_resources(cfg: TrainConfig) -> dict[Role, dict[str, float]]:
     """One CPU per role; one GPU per role whose device is CUDA (a share of one if fewer)."""
     cluster = ray.cluster_resources()
     cpus, gpus = cluster.get("CPU", 0.0), cluster.get("GPU", 0.0)
-    if cpus < len(ROLE_NAMES):
+    if cpus < len(Role):
         raise TrainingError(f"the Ray cluster has {cpus:g} CPUs but the three roles need one each: start Ray with "
                             "`ray start --head --num-cpus 3` (or more), or leave --ray-address out for a local Ray")
-    on_gpu = [name for name in ROLE_NAMES if _uses_gpu(cfg, name)]
+    on_gpu = [role for role in Role if _uses_gpu(cfg, role)]
     if on_gpu and gpus < 1:
-        raise TrainingError(f"{', '.join(on_gpu)} run on CUDA (--device / --sim / --pql.learner-device) but the Ray "
-                            "cluster has no GPU: add GPU nodes, or choose cpu devices")
+        raise TrainingError(f"{', '.join(ROLES[r].name for r in on_gpu)} run on CUDA (--device / --sim / "
+                            "--pql.learner-device) but the Ray cluster has no GPU: add GPU nodes, or choose cpu "
+                            "devices")
     share = 1.0 if gpus >= len(on_gpu) else 1.0 / len(on_gpu)
-    return {name: {"num_cpus": 1, "num_gpus": share if name in on_gpu else 0} for name in ROLE_NAMES}
+    return {role: {"num_cpus": 1, "num_gpus": share if role in on_gpu else 0} for role in Role}
 
 
 def _connect(cfg: TrainConfig) -> bool:
@@ -364,66 +356,74 @@ def _connect(cfg: TrainConfig) -> bool:
     _require_ray()
     if ray.is_initialized():  # a caller's Ray (a test, a notebook): use it as it is
         return False
-    if cfg.ray_address:
+    address = cfg.placement.ray_address
+    if address:
         try:
-            ray.init(address=cfg.ray_address, logging_level=logging.WARNING)
+            ray.init(address=address, logging_level=logging.WARNING)
         except (ConnectionError, RuntimeError) as error:
-            raise TrainingError(f"cannot reach a Ray cluster at --ray-address {cfg.ray_address}: "
+            raise TrainingError(f"cannot reach a Ray cluster at --ray-address {address}: "
                                 f"{str(error).rstrip('.')}. Start one with `ray start --head` (a cluster with token "
                                 "authentication also needs RAY_AUTH_MODE=token here), or leave --ray-address out "
                                 "for a local Ray") from error
         return True
     # "local": a fresh instance even where `ray start` left a cluster address behind.
-    ray.init(address="local", num_cpus=max(len(ROLE_NAMES), os.cpu_count() or 1), include_dashboard=False,
+    ray.init(address="local", num_cpus=max(len(Role), os.cpu_count() or 1), include_dashboard=False,
              logging_level=logging.WARNING)
     return True
 
 
-class _RayPlacement:
-    """Places the roles and gives Trainer._main_loop its ``tick`` and ``gather``."""
+class RayPlacement(Placement):
+    """Each role in a Ray actor; a coordinator actor keeps their counters and weights in step
+    (see the module docstring), and the trainer's SharedState mirrors the coordinator's."""
 
-    def __init__(self, trainer: Trainer) -> None:
-        self.trainer = trainer
-        cfg, shared = trainer.cfg, trainer.shared
-        resources = _role_resources(cfg)
-        counters = shared.counters.tolist()
-        boards = {b: _board(shared, b).data.numpy().copy() for b in _BOARD_OWNER}
-        here = NodeAffinitySchedulingStrategy(ray.get_runtime_context().get_node_id(), soft=True)
-        self.coordinator = ray.remote(_Coordinator).options(num_cpus=0, scheduling_strategy=here).remote(
-            counters, boards, shared.episode_stats.tolist())
-        worker = ray.remote(_RoleWorker)
-        self.workers = {
-            name: worker.options(**resources[name]).remote(
-                name, cfg, trainer.dims, counters, boards, trainer.role_states[name], trainer.gate, trainer.v_start,
-                trainer.p_start, self.coordinator)
-            for name in ROLE_NAMES}
-        self.runs: dict[str, Any] = {}
+    def __init__(self, ctx: RunContext, role_states: dict[Role, dict | None]) -> None:
+        super().__init__(ctx, role_states)
+        self.started_ray = False
+        self.workers: dict[Role, Any] = {}
+        self.coordinator = None
+        self.runs: dict[Role, Any] = {}
         self.stopping = False
         self.known = {b: -1 for b in _BOARD_OWNER}
         self.last_weights = -math.inf
 
     def start(self) -> None:
+        ctx = self.ctx
+        cfg, shared = ctx.cfg, ctx.shared
+        self.started_ray = _connect(cfg)
+        resources = _role_resources(cfg)
+        counters = shared.counters.tolist()
+        boards = {b: _board(shared, b).data.cpu().numpy().copy() for b in _BOARD_OWNER}
+        here = NodeAffinitySchedulingStrategy(ray.get_runtime_context().get_node_id(), soft=True)
+        self.coordinator = ray.remote(_Coordinator).options(num_cpus=0, scheduling_strategy=here).remote(
+            counters, boards, shared.episode_stats.tolist())
+        worker = ray.remote(_RoleWorker)
+        self.workers = {
+            role: worker.options(**resources[role]).remote(
+                role, cfg, ctx.dims, counters, boards, self.role_states[role], ctx.gate, ctx.v_start, ctx.p_start,
+                ctx.make_task, self.coordinator)
+            for role in Role}
         try:
-            where = ray.get([w.where.remote() for w in self.workers.values()], timeout=_ROLE_TIMEOUT_S)
+            where = ray.get([w.where.remote() for w in self.workers.values()], timeout=ROLE_TIMEOUT_S)
         except GetTimeoutError as error:
-            raise TrainingError(f"Ray could not place the roles within {_ROLE_TIMEOUT_S:.0f}s (they ask for "
-                                f"{_role_resources(self.trainer.cfg)}; available: {ray.available_resources()})"
-                                ) from error
+            raise TrainingError(f"Ray could not place the roles within {ROLE_TIMEOUT_S:.0f}s (they ask for "
+                                f"{ {ROLES[r].name: res for r, res in resources.items()} }; available: "
+                                f"{ray.available_resources()})") from error
         placed = dict(zip(self.workers, where, strict=True))
-        (self.trainer.run_dir / "roles.json").write_text(json.dumps({n: w["pid"] for n, w in placed.items()}))
-        for name, w in placed.items():
+        self.write_roles({role: w["pid"] for role, w in placed.items()})
+        for role, w in placed.items():
             gpus = f", GPU {w['gpus']}" if w["gpus"] else ""
-            print(f"{name}: Ray actor on {w['node']} (pid {w['pid']}{gpus})", flush=True)
-        self.runs = {name: w.run.remote() for name, w in self.workers.items()}
+            print(f"{ROLES[role].name}: Ray actor on {w['node']} (pid {w['pid']}{gpus})", flush=True)
+        self.runs = {role: w.run.remote() for role, w in self.workers.items()}
 
     def check_health(self) -> None:
         """Raise TrainingError for a role that raised, died, or left its loop unasked."""
         refs = list(self.runs.values())
         ready, _ = ray.wait(refs, num_returns=len(refs), timeout=0)
         failures = []
-        for name, ref in self.runs.items():
+        for role, ref in self.runs.items():
             if ref not in ready:
                 continue
+            name = ROLES[role].name
             try:
                 ray.get(ref)
             except RayActorError as error:  # first: a dead role makes the others fail too
@@ -441,7 +441,7 @@ class _RayPlacement:
     def mirror(self, weights: bool) -> None:
         """Copy the coordinator's counters, statistics and losses (and, if ``weights``, the newer
         boards) into the trainer's SharedState, which its logging, evaluation and saving read."""
-        shared = self.trainer.shared
+        shared = self.ctx.shared
         snapshot = ray.get(self.coordinator.snapshot.remote(self.known if weights else {}))
         shared.counters.copy_(torch.tensor(snapshot["counters"], dtype=torch.int64))
         shared.episode_stats.copy_(torch.tensor(snapshot["episode_stats"], dtype=torch.float64))
@@ -457,57 +457,46 @@ class _RayPlacement:
         self.mirror(weights=time.perf_counter() - self.last_weights >= _MIRROR_WEIGHTS_EVERY_S)
         time.sleep(_TICK_S)
 
-    def gather(self, final: bool) -> dict[str, dict]:
+    def gather_states(self, final: bool) -> Snapshot:
         """Pause every role, take their states and the matching counters and weights, resume
         (``final``: stop instead)."""
         request = ray.get(self.coordinator.pause.remote())
-        deadline = time.perf_counter() + _ROLE_TIMEOUT_S
+        deadline = time.perf_counter() + ROLE_TIMEOUT_S
         try:
             while True:
                 self.check_health()
                 if time.perf_counter() > deadline:
-                    raise TrainingError(f"the roles did not answer a checkpoint request within {_ROLE_TIMEOUT_S:.0f}s")
+                    raise TrainingError(f"the roles did not answer a checkpoint request within {ROLE_TIMEOUT_S:.0f}s")
                 states = ray.get(self.coordinator.collect.remote(request, _LONG_POLL_S))
                 if states is not None:
                     break
             self.mirror(weights=True)  # while paused: the counters and policy of these states
+            snapshot = Snapshot(states, read_counters(self.ctx.shared.counters))
         finally:
             self.stopping |= final
             try:
                 ray.get(self.coordinator.release.remote(request, final))
             except RayActorError:
                 pass  # the coordinator is gone: shutdown() ends the roles
-        return states
+        return snapshot
 
     def shutdown(self) -> None:
-        """Stop the roles (gracefully if they can), then end every actor of this run."""
+        """Stop the roles (gracefully if they can), then end every actor of this run (and the Ray
+        this placement started)."""
         self.stopping = True
         try:
-            ray.get(self.coordinator.stop.remote(), timeout=10)
-            if self.runs:
-                ray.wait(list(self.runs.values()), num_returns=len(self.runs), timeout=10)
-        except (RayActorError, GetTimeoutError):
-            pass  # a dead coordinator or a stuck role: ray.kill below ends them either way
-        for handle in (*self.workers.values(), self.coordinator):
-            ray.kill(handle)
-
-
-def run_ray(trainer: Trainer) -> TrainResult:
-    """Run ``trainer``'s roles as Ray actors; same run directory, metrics and checkpoints as the
-    process mode. Raises TrainingError if a role fails or dies (or Ray is missing)."""
-    started = _connect(trainer.cfg)
-    try:
-        placement = _RayPlacement(trainer)
-        try:
-            placement.start()
-            start = time.perf_counter()
-            stop_reason, wall = trainer._main_loop(placement.tick, placement.gather, start)
+            if self.coordinator is not None:
+                try:
+                    ray.get(self.coordinator.stop.remote(), timeout=10)
+                    if self.runs:
+                        ray.wait(list(self.runs.values()), num_returns=len(self.runs), timeout=10)
+                except (RayActorError, GetTimeoutError):
+                    pass  # a dead coordinator or a stuck role: ray.kill below ends them either way
+                for handle in (*self.workers.values(), self.coordinator):
+                    ray.kill(handle)
         finally:
-            placement.shutdown()
-        return trainer._result(stop_reason, wall)
-    finally:
-        if started:
-            ray.shutdown()
+            if self.started_ray:
+                ray.shutdown()
 
 
-__all__ = ["run_ray"]
+__all__ = ["RayPlacement"]

@@ -12,11 +12,14 @@ from pathlib import Path
 import pytest
 import torch
 
+from tests.toolkit.pql.conftest import run as train
 from toolkit.checkpoint import list_checkpoints, load_checkpoint, load_policy
-from toolkit.config import PQLConfig, TrainConfig
-from toolkit.pql import ray_launcher
-from toolkit.pql.roles import TrainingError
-from toolkit.pql.trainer import ROLE_NAMES, train
+from toolkit.config import PlacementKind, PQLConfig, TrainConfig
+from toolkit.pql import ray_placement
+from toolkit.pql.roles import ROLES, Role, TrainingError
+
+ROLE_NAMES = {spec.name for spec in ROLES.values()}
+RAY = PlacementKind.ray
 
 ray = pytest.importorskip("ray")
 
@@ -48,7 +51,7 @@ def test_ray_run_writes_the_process_mode_outputs_and_holds_the_ratios(local_ray,
     pql = PQLConfig(actor_hidden=(32, 32), critic_hidden=(32, 32), batch_size=64, replay_size=20_000,
                     warmup_steps=4, critic_updates_per_actor_step=8, critic_updates_per_policy_update=2)
     # About 60 actor steps after warm-up: the gates' slack (2 steps) is a few % of that.
-    result = train(tiny_config(distributed="ray", max_time_s=300.0, max_env_steps=8 * 64, pql=pql))
+    result = train(tiny_config(placement=RAY, max_time_s=300.0, max_env_steps=8 * 64, pql=pql))
     assert result.stop_reason == "max_env_steps"
     run_dir = result.run_dir
     assert (run_dir / "config.yaml").is_file()
@@ -80,7 +83,7 @@ def test_ray_run_writes_the_process_mode_outputs_and_holds_the_ratios(local_ray,
 
 
 def test_a_failing_role_raises_training_error_naming_it(local_ray, tiny_config):
-    cfg = tiny_config(distributed="ray", max_time_s=120.0,
+    cfg = tiny_config(placement=RAY, max_time_s=120.0,
                       pql=dataclasses.replace(tiny_config().pql, reward_scale=float("inf")),
                       log=dataclasses.replace(tiny_config().log, checkpoint_interval_s=1e9))
     with pytest.raises(TrainingError, match="V-learner failed: NonFiniteLossError: critic loss is"):
@@ -89,7 +92,7 @@ def test_a_failing_role_raises_training_error_naming_it(local_ray, tiny_config):
 
 
 def test_a_dead_role_actor_stops_every_role_with_training_error(local_ray, tiny_config):
-    cfg = tiny_config(distributed="ray", max_time_s=300.0)
+    cfg = tiny_config(placement=RAY, max_time_s=300.0)
     roles = Path(cfg.run_dir) / "roles.json"
     pids: dict[str, int] = {}
 
@@ -115,8 +118,9 @@ def test_a_dead_role_actor_stops_every_role_with_training_error(local_ray, tiny_
 ])
 def test_learners_on_cuda_get_a_gpu_each_or_share_one(monkeypatch, cluster, expected):
     monkeypatch.setattr(ray, "cluster_resources", lambda: cluster)
-    resources = ray_launcher._role_resources(TrainConfig(pql=PQLConfig(learner_device="cuda")))
-    assert {name: r["num_gpus"] for name, r in resources.items()} == expected
+    resources = ray_placement._role_resources(TrainConfig(pql=PQLConfig(learner_device="cuda")))
+    assert {ROLES[role].name: r["num_gpus"] for role, r in resources.items()} == expected
+    assert set(resources) == set(Role)
     assert all(r["num_cpus"] == 1 for r in resources.values())
 
 
@@ -124,10 +128,10 @@ def test_learners_on_cuda_get_a_gpu_each_or_share_one(monkeypatch, cluster, expe
 def test_a_cluster_that_cannot_hold_the_roles_is_a_clear_error(monkeypatch, cluster, message):
     monkeypatch.setattr(ray, "cluster_resources", lambda: cluster)
     with pytest.raises(TrainingError, match=message):
-        ray_launcher._role_resources(TrainConfig(pql=PQLConfig(learner_device="cuda")))
+        ray_placement._role_resources(TrainConfig(pql=PQLConfig(learner_device="cuda")))
 
 
 def test_missing_ray_names_the_install_command(monkeypatch):
-    monkeypatch.setattr(ray_launcher, "ray", None)
+    monkeypatch.setattr(ray_placement, "ray", None)
     with pytest.raises(TrainingError, match=r"pip install -e '\.\[distributed\]'"):
-        ray_launcher._connect(TrainConfig(distributed="ray"))
+        ray_placement._connect(TrainConfig().replace(placement=RAY))
