@@ -1,4 +1,5 @@
-"""Run logging: metrics.jsonl (one JSON object per interval), TensorBoard, a progress line."""
+"""Run logging: metrics.jsonl (one JSON object per interval), TensorBoard (scalars, eval videos), the
+detail of a progress line."""
 
 from __future__ import annotations
 
@@ -29,29 +30,39 @@ class RunLogger:
                     self._writer.add_scalar(key, value, step)
             self._writer.flush()
 
+    def video(self, tag: str, frames: list, fps: float, step: int) -> bool:
+        """An animated image summary (TensorBoard shows it in its Images tab) of ``frames``
+        ((H, W, 3) uint8) at ``step``; False when TensorBoard is off. Encoded as a GIF with
+        imageio, as torch's add_video would (which needs moviepy)."""
+        if self._writer is None:
+            return False
+        import io
+
+        import imageio.v3 as iio
+        from tensorboard.compat.proto.summary_pb2 import Summary
+
+        buffer = io.BytesIO()
+        iio.imwrite(buffer, frames, extension=".gif", duration=1000.0 / fps, loop=0)
+        height, width = frames[0].shape[:2]
+        image = Summary.Image(height=height, width=width, colorspace=3, encoded_image_string=buffer.getvalue())
+        self._writer._get_file_writer().add_summary(Summary(value=[Summary.Value(tag=tag, image=image)]), step)
+        self._writer.flush()
+        return True
+
     def close(self) -> None:
         self._file.close()
         if self._writer is not None:
             self._writer.close()
 
 
-def _si(value: float) -> str:
-    for unit, scale in (("G", 1e9), ("M", 1e6), ("k", 1e3)):
-        if abs(value) >= scale:
-            return f"{value / scale:.1f}{unit}"
-    return f"{value:.0f}"
-
-
-def progress_line(r: dict, metrics: tuple[str, ...] = ()) -> str:
-    """One human line per log interval; ``metrics`` adds the task's episode metrics (train/eval)."""
+def progress_detail(r: dict, metrics: tuple[str, ...] = ()) -> str:
+    """What a progress line adds to the time and rates: the measured speed ratios, the training
+    episodes' return and success, and the task's episode metrics (training / evaluation)."""
 
     def num(key, fmt="{:.2f}"):
         value = r.get(key)
         return "-" if value is None or (isinstance(value, float) and not math.isfinite(value)) else fmt.format(value)
 
-    return (f"[{r['wall_time_s']:7.0f}s] env {_si(r['env_steps'])} ({_si(r['env_steps_per_s'])}/s) | "
-            f"V {_si(r['v_updates'])} ({r['v_updates_per_s']:.0f}/s) P {_si(r['p_updates'])} "
-            f"({r['p_updates_per_s']:.0f}/s) | a:v 1:{num('critic_per_actor_step', '{:.1f}')} "
-            f"p:v 1:{num('critic_per_policy_update', '{:.1f}')} | return {num('episode_return', '{:.1f}')} "
-            f"success {num('episode_success')} | eval {num('eval_success')}"
+    return (f"a:v 1:{num('critic_per_actor_step', '{:.1f}')} p:v 1:{num('critic_per_policy_update', '{:.1f}')} | "
+            f"return {num('episode_return', '{:.1f}')} success {num('episode_success')}"
             + "".join(f" | {m} {num('episode_' + m)} (eval {num('eval_' + m)})" for m in metrics))

@@ -218,13 +218,14 @@ class TrainingProgress:
                 f"env {_si(env_steps)} ({_si(rate)}/s) | {updates} | eval {'-' if last is None else f'{last:.2f}'}, "
                 f"{best}")
 
-    def update(self, record: Mapping) -> None:
-        """Take one metrics record (the trainer's ``record()`` dict) and show it."""
+    def update(self, record: Mapping, detail: str = "") -> None:
+        """Take one metrics record (the trainer's ``record()`` dict) and show it, with ``detail``
+        (more facts of the record, e.g. speed ratios and training returns) after the status."""
         success = _number(record, "eval_success")
         if success is not None and (self.best is None or success > self.best[0]):
             self.best = (success, _number(record, "wall_time_s") or 0.0, _number(record, "env_steps") or 0.0)
         self.last = record
-        status = self.status(record)
+        status = self.status(record) + (f" | {detail}" if detail else "")
         if self._live is not None:
             elapsed = (_number(record, "wall_time_s") or 0.0) - self.start_wall_time_s
             self._live.update(min(elapsed, self.budget_s), status)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import numpy as np
 import torch
 
 from toolkit.envs.vec_env import VecEnv
@@ -36,3 +37,42 @@ def evaluate(env: VecEnv, actor: Actor, obs_norm: RunningNorm | None, seed: int)
     if not bool(finished.all()):
         raise RuntimeError(f"evaluation: {int((~finished).sum())} envs did not finish within episode_steps")
     return {f"eval_{name}": float(value.mean()) for name, value in results.items()}
+
+
+def pose_model_data(env: VecEnv, data, index: int = 0) -> None:
+    """Put env ``index``'s state into a CPU ``mujoco.MjData`` of the env's model (any sim backend)
+    and recompute its kinematics: what a renderer draws."""
+    import mujoco
+
+    sim = env.sim
+    for name in ("qpos", "qvel", "mocap_pos", "mocap_quat"):
+        target = getattr(data, name)
+        if target.size:
+            target[:] = getattr(sim, name)[index].detach().cpu().numpy().reshape(target.shape)
+    mujoco.mj_forward(env.model, data)
+
+
+@torch.no_grad()
+def render_episode(env: VecEnv, actor: Actor, obs_norm: RunningNorm | None, seed: int, renderer) -> tuple[
+        list[np.ndarray], dict[str, float]]:
+    """One greedy episode of env 0, a frame per step (with the step and success burned in).
+
+    Returns the frames and the episode's return, length and success.
+    """
+    import mujoco
+
+    from toolkit.video import annotate, caption
+
+    obs, _ = env.reset(seed=seed)
+    data = mujoco.MjData(env.model)
+    frames, total, success = [], 0.0, False
+    steps = env.task.episode_steps
+    for step in range(steps):
+        pose_model_data(env, data)
+        frames.append(annotate(renderer.render(data), caption(step=step, steps=steps, success=success)))
+        obs, reward, _, _, info = env.step(actor(obs_norm(obs) if obs_norm is not None else obs))
+        total += float(reward[0])
+        success = bool(info["success"][0])
+        if bool(info["done"][0]):
+            break
+    return frames, {"return": total, "length": len(frames), "success": float(success)}

@@ -25,8 +25,8 @@ from toolkit.checkpoint import CheckpointError, load_checkpoint, save_checkpoint
 from toolkit.config import PlacementKind, TrainConfig, from_dict, to_dict
 from toolkit.contract.task import Task
 from toolkit.envs.vec_env import VecEnv
-from toolkit.logging import RunLogger, progress_line
-from toolkit.pql.evaluate import evaluate
+from toolkit.logging import RunLogger, progress_detail
+from toolkit.pql.evaluate import evaluate, render_episode
 from toolkit.pql.placement import Placement, ProcessPlacement, RunContext, SequentialPlacement, Snapshot
 from toolkit.pql.ratio import RatioGate
 from toolkit.pql.roles import (
@@ -41,6 +41,7 @@ from toolkit.pql.roles import (
     make_shared_state,
 )
 from toolkit.pql.shared import EPISODE_STATS, Counter, SharedState, module_tensors, read_counters
+from toolkit.progress import TrainingProgress
 
 #: Evaluation envs are seeded ``seed + EVAL_SEED_OFFSET``: episodes no training env ever saw.
 EVAL_SEED_OFFSET = 10_000
@@ -178,6 +179,11 @@ class Trainer:
         self.logger = RunLogger(self.run_dir, cfg.log.tensorboard)
         self.last_eval: dict[str, float] = {}
         self.last_checkpoint: Path | None = None
+        self.progress = TrainingProgress(
+            task=cfg.env.task, num_envs=cfg.env.num_envs, placement=cfg.placement.placement.value,
+            budget_s=cfg.stop.max_time_s, run_dir=self.run_dir, max_env_steps=cfg.stop.max_env_steps,
+            tensorboard=cfg.log.tensorboard, start_wall_time_s=self.prior_wall_time)
+        self._videos: EvalVideos | None = EvalVideos(self) if cfg.log.video_interval_s is not None else None
 
     def context(self) -> RunContext:
         return RunContext(self.cfg, self.dims, self.shared, self.gate, self.v_start, self.p_start, self.make_task,
@@ -272,7 +278,7 @@ class Trainer:
             **self.last_eval,
         }
         self.logger.log(record)
-        print(progress_line(record, self.dims.metrics), flush=True)
+        self.progress.update(record, progress_detail(record, self.dims.metrics))
         previous.update(time=now, stats=stats, **counters)
         return record
 
@@ -290,13 +296,15 @@ class Trainer:
     # --- running ------------------------------------------------------------------------
     def run(self) -> TrainResult:
         placement = make_placement(self.context(), self.role_states)
+        self.progress.start()
         try:
             placement.start()
             stop_reason, wall = self.main_loop(placement, time.perf_counter())
         finally:
             placement.shutdown()
             self.logger.close()
-        print(f"stopped ({stop_reason}) after {wall:.0f}s; checkpoint {self.last_checkpoint}", flush=True)
+            self.progress.close()
+        self.progress.finish(self.last_checkpoint, stop_reason)
         return TrainResult(self.run_dir, self.counters(), self.last_eval.get("eval_success", float("nan")),
                            wall, stop_reason, self.last_checkpoint)
 
@@ -307,6 +315,7 @@ class Trainer:
         next_log = start + log.log_interval_s
         next_eval = start + log.eval_interval_s
         next_ckpt = start + log.checkpoint_interval_s
+        next_video = start + (log.video_interval_s or 0.0)
         stop_reason = None
         try:
             while stop_reason is None:
@@ -316,6 +325,9 @@ class Trainer:
                 if now >= next_eval and learning:
                     self.run_evaluation()
                     next_eval = now + log.eval_interval_s
+                if self._videos is not None and now >= next_video and learning:
+                    self._videos.record()
+                    next_video = time.perf_counter() + log.video_interval_s
                 if now >= next_log:
                     self.record(now, start, previous)
                     next_log = now + log.log_interval_s
@@ -331,6 +343,55 @@ class Trainer:
             self.run_evaluation()
         self.record(time.perf_counter(), start, previous)
         return stop_reason, wall
+
+
+class EvalVideos:
+    """``--log.video-interval-s``: one greedy evaluation episode rendered to
+    ``<run>/videos/eval_<env steps>.mp4`` and to TensorBoard (tag ``eval/video``).
+
+    Rendered in the trainer's process, from its own one-env copy of the evaluation env: never in
+    the actor's loop (with the process placement the actor steps on meanwhile). Video must never
+    stop training: without OpenGL, or on any rendering or encoding error, it warns once and
+    switches itself off.
+    """
+
+    def __init__(self, trainer: Trainer) -> None:
+        self.trainer = trainer
+        self.env: VecEnv | None = None
+        self.renderer = None
+        self.enabled = True
+        self.directory = trainer.run_dir / "videos"
+
+    def record(self) -> Path | None:
+        if not self.enabled:
+            return None
+        trainer = self.trainer
+        try:
+            from toolkit.video import Renderer, VideoWriter
+
+            cfg = trainer.cfg
+            if self.env is None:
+                self.env = VecEnv(trainer.make_task(), cfg.env_config(num_envs=1, seed=cfg.env.seed + EVAL_SEED_OFFSET))
+                self.renderer = Renderer(self.env.model, self.env.task.camera, width=320, height=240)
+                self.directory.mkdir(exist_ok=True)
+            trainer.shared.actor_board.read_into(module_tensors(trainer.eval_actor))
+            trainer.eval_norms.sync()
+            norm = trainer.eval_norms.obs_norm if cfg.pql.normalize_obs else None
+            frames, outcome = render_episode(self.env, trainer.eval_actor, norm, cfg.env.seed + EVAL_SEED_OFFSET,
+                                             self.renderer)
+            steps = trainer.counters()["env_steps"]
+            fps = 1.0 / self.env.task.robot.control_dt
+            path = self.directory / f"eval_{steps:012d}.mp4"
+            with VideoWriter(path, fps) as writer:
+                for frame in frames:
+                    writer.append(frame)
+            trainer.logger.video("eval/video", frames, fps, steps)
+            return path
+        except Exception as error:  # noqa: BLE001 - any video failure: warn once, keep training
+            self.enabled = False
+            print(f"warning: evaluation videos are off for this run: {type(error).__name__}: "
+                  f"{str(error).splitlines()[0] if str(error) else ''}", flush=True)
+            return None
 
 
 def train(cfg: TrainConfig, make_task: Callable[[], Task], **kwargs) -> TrainResult:

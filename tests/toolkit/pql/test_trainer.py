@@ -286,3 +286,32 @@ def test_the_trainer_is_handed_its_task(tiny_config):
         from toolkit.pql.trainer import Trainer
 
         Trainer(cfg, trainer_of)
+
+
+def test_eval_videos_go_to_the_run_dir_and_tensorboard_and_progress_reads_plainly(tiny_config, capsys):
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    from toolkit.video import GLUnavailableError, ensure_gl, read_video
+
+    try:
+        ensure_gl()
+    except GLUnavailableError as error:
+        pytest.skip(f"no OpenGL here: {error}")
+    cfg = tiny_config(max_time_s=5.0, log=dataclasses.replace(tiny_config().log, tensorboard=True,
+                                                              video_interval_s=1.0))
+    result = run(cfg)
+    videos = sorted((result.run_dir / "videos").glob("eval_*.mp4"))
+    assert videos, "no evaluation video was written"
+    frames, fps = read_video(videos[-1])
+    assert len(frames) == 30 and frames.shape[1:] == (240, 320, 3)  # one dclaw-pose episode, a frame per step
+    assert fps == pytest.approx(10.0)
+    events = EventAccumulator(str(result.run_dir), size_guidance={"images": 0})
+    events.Reload()
+    assert "eval/video" in events.Tags()["images"]
+    image = events.Images("eval/video")[-1]
+    assert image.encoded_image_string[:6] in (b"GIF89a", b"GIF87a") and (image.width, image.height) == (320, 240)
+
+    out = capsys.readouterr().out
+    # Not a terminal: plain lines only (no ESC, no carriage return), with the banner, time left and summary.
+    assert "\x1b" not in out and "\r" not in out
+    assert "tensorboard --logdir" in out and "left " in out and "next: python -m export.onnx" in out
