@@ -72,15 +72,17 @@ class ReplayReport:
         return float(np.max(self.per_step)) if len(self.per_step) else 0.0
 
 
-def _simulator(reader: LogReader, episode: Episode):
-    """The task's sim as the logged run had it: same task, control period, timestep, DR values."""
+def simulator(reader: LogReader, episode: Episode | None):
+    """The task's sim as the logged run had it: same task, control period, timestep, and the DR
+    values of ``episode`` (None: a randomized log's model, ready for any episode's values)."""
     from deploy.backends.sim import SimBackend
     from robots import make_task
 
     metadata = decode_metadata(json.loads(reader.attrs["policy_metadata"]))
     task = make_task(metadata.task, **metadata.task_overrides)
-    dr = {k[3:]: v for k, v in episode.reset.items() if k.startswith("dr/")}
-    backend = SimBackend(task, float(reader.attrs["control_dt"]), randomize=bool(dr))
+    dr = {} if episode is None else {k[3:]: v for k, v in episode.reset.items() if k.startswith("dr/")}
+    randomized = bool(dr) or (episode is None and bool(reader.attrs.get("randomize", False)))
+    backend = SimBackend(task, float(reader.attrs["control_dt"]), randomize=randomized)
     backend.open()
     info = json.loads(reader.attrs["backend_info"])
     logged_timestep = info.get("timestep")
@@ -98,7 +100,7 @@ def replay_state(reader: LogReader, episode: Episode) -> ReplayReport:
 
     from deploy.backends.sim import STATE_SPEC, settle_derived
 
-    task, backend = _simulator(reader, episode)
+    task, backend = simulator(reader, episode)
     steps = episode.steps
     targets, actions = episode["joint_targets"], episode["actions"].astype(np.float64)
     previous_targets = np.vstack([episode.reset["joint_targets"][None], targets[:-1]])
@@ -129,7 +131,7 @@ def replay_actions(reader: LogReader, episode: Episode) -> ReplayReport:
 
     from deploy.backends.sim import STATE_SPEC, settle_derived
 
-    task, backend = _simulator(reader, episode)
+    task, backend = simulator(reader, episode)
     model, data = backend.model, backend.data
     if "sim/state" in episode.data:
         mujoco.mj_setState(model, data, episode["sim/state"][0], STATE_SPEC)

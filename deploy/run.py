@@ -2,6 +2,7 @@
 
     python -m deploy.run --policy policy.onnx --backend sim --episodes 10 --log episodes.h5 [--randomize]
     python -m deploy.run --policy policy.onnx --backend dclaw --port /dev/ttyUSB0 --log episodes.h5
+    python -m deploy.run --policy policy.onnx --backend sim --episodes 3 --video eval.mp4
 
 Prints each episode's success, return and loop timing (mean/p99 period, jitter, deadline misses,
 policy and sensor-read latency). The policy's metadata is checked against the backend's robot and
@@ -14,10 +15,13 @@ Whatever happens, the backend is closed in a ``finally`` (D'Claw: torque off on 
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import os
 import signal
 import socket
 import sys
+import tempfile
+import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Literal
@@ -32,6 +36,7 @@ from deploy.log import LogWriter
 from deploy.policy import load_policy
 from deploy.runner import EpisodeResult, Runner, RunnerConfig, check_policy
 from toolkit.contract.policy import PolicyError, encode_metadata
+from toolkit.progress import eta_s, format_duration
 
 
 @dataclass
@@ -79,6 +84,11 @@ class Args:
     """Pace steps at the control rate. `--no-realtime` (sim only) runs as fast as possible for evaluation."""
     rt_priority: int = 50
     """SCHED_FIFO priority of the control loop (needs root/CAP_SYS_NICE; falls back with a warning). 0: off."""
+    video: Path | None = None
+    """Write an mp4 of the session's episodes (episode, step and success burned in), rendered from the log after the
+    session: never inside the control loop, so the loop timing is unchanged."""
+    camera: str | None = None
+    """Camera of the task's scene for --video (default: the task's own, which frames the robot and its object)."""
 
 
 def make_backend(args: Args, task, control_dt: float) -> Backend:
@@ -188,6 +198,10 @@ def run(args: Args) -> int:
         return fail(ExitCode.POLICY_MISMATCH, "policy refused",
                     f"the policy's task '{metadata.task}' with overrides {metadata.task_overrides} cannot be made "
                     f"here: {error}")
+    if args.video is not None:
+        problem = _video_problem(args, task)
+        if problem:
+            return fail(ExitCode.USAGE, "usage", problem)
     control_dt = args.control_dt or metadata.robot.control_dt
     goal = {} if args.goal is None else {"goal_angle": args.goal}
     cfg = RunnerConfig(episodes=args.episodes, episode_steps=args.episode_steps, control_dt=args.control_dt,
@@ -208,6 +222,17 @@ def run(args: Args) -> int:
     runner: Runner | None = None
     log: LogWriter | None = None
     code = ExitCode.OK
+    scratch = None
+    if args.video is not None and args.log is None:  # the video is drawn from a log: keep a temporary one
+        scratch = tempfile.TemporaryDirectory(prefix="deploy-video-")
+        args = dataclasses.replace(args, log=Path(scratch.name) / "session.h5")
+    started = time.monotonic()
+
+    def progress_line(result: EpisodeResult) -> None:
+        left = eta_s(result.index + 1, args.episodes, time.monotonic() - started)
+        print(f"{format_episode(result, control_dt)} | {result.index + 1}/{args.episodes}, left "
+              f"{format_duration(left)}", flush=True)
+
     with signals_as_exceptions():
         try:
             backend.open()
@@ -220,7 +245,7 @@ def run(args: Args) -> int:
                 return log
 
             runner = Runner(policy, backend, cfg, log_factory=make_log if args.log else None,
-                            on_episode=lambda r: print(format_episode(r, control_dt), flush=True))
+                            on_episode=progress_line)
             runner.run()
         except DeployError as error:
             code = error.exit_code
@@ -247,8 +272,38 @@ def run(args: Args) -> int:
         misses = sum(r.overruns for r in results)
         print(f"deploy: {len(results)} episode(s): {rate}, mean return "
               f"{np.mean([r.episode_return for r in results]):.2f}, deadline misses {misses}"
-              + (f"; log {args.log}" if args.log else ""))
+              + (f"; log {args.log}" if args.log and scratch is None else ""))
+    if args.video is not None and results:
+        code = _write_video(args, code)
+    if scratch is not None:
+        scratch.cleanup()
     return int(code)
+
+
+def _video_problem(args: Args, task) -> str | None:
+    """Why --video cannot be written (a bad path or camera), found before anything runs."""
+    from toolkit.video import camera_id, check_video_path
+
+    try:
+        check_video_path(args.video)
+        camera_id(task.build_model(), args.camera or task.camera)
+    except ValueError as error:
+        return str(error)
+    return None
+
+
+def _write_video(args: Args, code: int) -> int:
+    """Render the session's video from its log; a failure here never changes what was logged."""
+    from deploy.video import LogVideoError, write_log_video
+    from toolkit.video import GLUnavailableError
+
+    try:
+        path, frames = write_log_video(args.log, args.video, camera=args.camera)
+    except (GLUnavailableError, LogVideoError, ValueError, OSError) as error:
+        print(f"deploy.run: video not written: {error}", file=sys.stderr)
+        return code or ExitCode.USAGE
+    print(f"deploy: video {path} ({frames} frames)")
+    return code
 
 
 def main(argv: list[str] | None = None) -> int:

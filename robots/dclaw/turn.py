@@ -50,6 +50,12 @@ DR = DRTable(object_bodies=("valve",), object_geoms=("valve_hub", "valve_spoke0"
              push_force=0.0, push_torque=0.02)
 
 
+def _goal_quaternion(goal):
+    """The goal marker's orientation (n, 4): the goal angle (n, 1) about z."""
+    xp = array_namespace(goal)
+    return xp.concat([xp.cos(goal / 2), xp.zeros_like(goal), xp.zeros_like(goal), xp.sin(goal / 2)], axis=-1)
+
+
 def wrap_angle(angle):
     """Wrap to [-pi, pi) (numpy or torch)."""
     return (angle + math.pi) % (2 * math.pi) - math.pi
@@ -124,9 +130,17 @@ class TurnTask(Task):
         sim.qvel[ids] = 0.0
         sim.ctrl[rows, xp.asarray(self._actuators, device=sim.qpos.device)] = xp.broadcast_to(pose, (k, 9))
         # The goal marker is visual only: a mocap quaternion about z.
-        quat = xp.concat([xp.cos(goal / 2), xp.zeros_like(goal), xp.zeros_like(goal), xp.sin(goal / 2)], axis=-1)
-        sim.mocap_quat[ids, self._goal_mocap] = xp.astype(quat, sim.mocap_quat.dtype)
+        sim.mocap_quat[ids, self._goal_mocap] = xp.astype(_goal_quaternion(goal), sim.mocap_quat.dtype)
         return {"goal_angle": goal}
+
+    pose_readings = ("joint_pos", "valve_angle")
+
+    def show(self, sim, readings, task_state) -> None:
+        xp = array_namespace(sim.qpos)
+        sim.qpos[:, xp.asarray(self._qpos_adr, device=sim.qpos.device)] = readings["joint_pos"]
+        sim.qpos[:, self._valve_qpos] = readings["valve_angle"][:, 0]
+        sim.mocap_quat[:, self._goal_mocap] = xp.astype(_goal_quaternion(task_state["goal_angle"]),
+                                                        sim.mocap_quat.dtype)
 
     def dr_table(self) -> DRTable:
         return DR

@@ -250,6 +250,19 @@ class ReorientTask(Task):
         sim.mocap_quat[ids, self._goal_mocap] = goal
         return {"goal_quat": goal, "successes": xp.zeros(k, **like)}
 
+    pose_readings = ("joint_pos", "distal_joint_pos", "cube_pos", "cube_quat")
+
+    def show(self, sim, readings, task_state) -> None:
+        xp = array_namespace(sim.qpos)
+
+        def index(value):
+            return xp.asarray(value, device=sim.qpos.device)
+
+        sim.qpos[:, index(self._qpos_adr)] = readings["joint_pos"]
+        sim.qpos[:, index(self._distal_adr)] = readings["distal_joint_pos"]
+        sim.qpos[:, index(self._cube_qpos)] = xp.concat([readings["cube_pos"], readings["cube_quat"]], axis=-1)
+        sim.mocap_quat[:, self._goal_mocap] = xp.astype(task_state["goal_quat"], sim.mocap_quat.dtype)
+
     def dr_table(self) -> DRTable:
         return DR
 

@@ -89,6 +89,16 @@ class Task(ABC):
         """Write the initial state of envs ``ids`` into ``sim`` (qpos, qvel, ctrl, mocap) and
         return their task_state rows (each (len(ids), ...))."""
 
+    #: the readings :meth:`show` needs to pose the model (a logged episode must have them).
+    pose_readings: tuple[str, ...] = ("joint_pos",)
+
+    def show(self, sim, readings: dict[str, Array], task_state: dict[str, Array]) -> None:
+        """Pose the model in ``sim`` (rows of ``qpos``, ``mocap_*``; then the caller runs forward
+        kinematics) so that it shows ``readings`` and the goals of ``task_state``: how a video shows
+        a logged episode, hardware logs included. The default poses the robot's joints only."""
+        xp = array_namespace(sim.qpos)
+        sim.qpos[:, xp.asarray(self.indices.qpos_adr, device=sim.qpos.device)] = readings["joint_pos"]
+
     def privileged(self, sim) -> dict[str, Array]:
         """Extra simulator-only readings for an asymmetric critic (default: none)."""
         return {}
