@@ -16,7 +16,7 @@ import numpy as np
 import onnx
 import onnxruntime as ort
 
-from toolkit.contract.policy import PolicyError, PolicyMetadata, decode_metadata
+from toolkit.contract.policy import PolicyError, PolicyMetadata, decode_entries
 
 
 def read_metadata(path) -> PolicyMetadata:
@@ -142,15 +142,7 @@ def _parse(data: bytes, path) -> onnx.ModelProto:
 
 
 def _metadata_of(model: onnx.ModelProto, path) -> PolicyMetadata:
-    props: dict[str, str] = {}
-    for entry in model.metadata_props:
-        if entry.key in props:
-            raise PolicyError(f"{path}: metadata key '{entry.key}' appears twice: the file was altered")
-        props[entry.key] = entry.value
-    try:
-        return decode_metadata(props)
-    except PolicyError as error:
-        raise PolicyError(f"{path}: {error}") from None
+    return decode_entries(model.metadata_props, str(path))
 
 
 __all__ = ["OnnxPolicy", "PolicyError", "PolicyMetadata", "load_policy", "read_metadata"]

@@ -60,7 +60,7 @@ from toolkit.checkpoint import (
     load_policy,
 )
 from toolkit.config import EnvConfig
-from toolkit.contract.policy import METADATA_FORMAT, PolicyError, PolicyMetadata, decode_metadata, encode_metadata
+from toolkit.contract.policy import METADATA_FORMAT, PolicyError, PolicyMetadata, decode_entries, encode_metadata
 from toolkit.contract.task import Task
 from toolkit.normalizer import RunningNorm
 
@@ -377,15 +377,10 @@ class _Runtime:
     by the contract, its one float32 (batch, O) input and (batch, A) output checked against it."""
 
     def __init__(self, model: onnx.ModelProto, path: Path) -> None:
-        props: dict[str, str] = {}
-        for entry in model.metadata_props:
-            if entry.key in props:
-                raise ExportError(f"'{path}': metadata key '{entry.key}' appears twice")
-            props[entry.key] = entry.value
         try:
-            self.metadata = decode_metadata(props)
+            self.metadata = decode_entries(model.metadata_props, f"'{path}'")
         except PolicyError as error:
-            raise ExportError(f"'{path}': the metadata does not decode: {error}") from None
+            raise ExportError(f"the metadata does not decode: {error}") from None
         options = ort.SessionOptions()
         options.intra_op_num_threads = 1
         options.log_severity_level = 3

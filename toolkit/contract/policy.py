@@ -172,6 +172,20 @@ def decode_metadata(props: Mapping[str, str]) -> PolicyMetadata:
                           **{key: parse(key) for key in _JSON_KEYS})
 
 
+def decode_entries(entries, source: str) -> PolicyMetadata:
+    """Decode key/value entries (an ONNX model's ``metadata_props``: objects with ``key`` and
+    ``value``); a key that appears twice means the file was altered. Errors name ``source``."""
+    props: dict[str, str] = {}
+    for entry in entries:
+        if entry.key in props:
+            raise PolicyError(f"{source}: metadata key '{entry.key}' appears twice: the file was altered")
+        props[entry.key] = entry.value
+    try:
+        return decode_metadata(props)
+    except PolicyError as error:
+        raise PolicyError(f"{source}: {error}") from None
+
+
 def mismatches(metadata: PolicyMetadata, robot: RobotSpec, task) -> list[str]:
     """Every way in which a policy cannot drive ``robot`` on ``task``, one line each (empty: it can).
 
@@ -209,5 +223,5 @@ def _json_default(value):
     raise TypeError(f"{type(value).__name__} {value!r} is not JSON-serialisable")
 
 
-__all__ = ["METADATA_FORMAT", "PolicyError", "PolicyMetadata", "decode_metadata", "encode_metadata",
+__all__ = ["METADATA_FORMAT", "PolicyError", "PolicyMetadata", "decode_entries", "decode_metadata", "encode_metadata",
            "metadata_fields", "mismatches"]
