@@ -22,17 +22,24 @@ the GIL for tens of milliseconds (a full garbage collection of a large heap) fre
 servos past the SDK's ~35 ms reply timeout. Run it as its own process (the command line) for dry
 runs; the tests switch the collector off while it serves.
 
-Injectable faults (methods, or ``--fault KIND:ID[@SECONDS]`` on the command line):
+Injectable faults (methods, or ``--fault KIND[:ID][@SECONDS]`` on the command line: now or
+SECONDS after start; e.g. ``no-reply:21@5``, ``unplug@3``, ``unplug``):
 ``no-reply`` (the servo stops sending status packets but still obeys broadcasts),
-``bad-crc`` (its status packets carry a wrong CRC), ``hardware-error`` (register 70 = overload,
-alert bit in every status, torque off, as a real servo's shutdown), ``frozen`` (its present
-position, velocity and realtime tick stop updating), and ``unplug`` (the whole bus disappears).
+``drop-reply`` (it drops its next status packet only, as line noise would), ``bad-crc`` (its
+status packets carry a wrong CRC), ``hardware-error`` (register 70 = overload, alert bit in every
+status, torque off, as a real servo's shutdown), ``frozen`` (its present position, velocity and
+realtime tick stop updating), ``blocked`` (the joint is held where it is, as by an obstacle,
+while the servo keeps answering), and ``unplug`` (the whole bus disappears; no ID). Conditions
+that are not faults: :meth:`DynamixelEmulator.set_operating_mode` (register 11, e.g. a servo left
+in velocity mode) and ``reply_latency`` (status packets sent that long after the instruction, as
+through a USB adapter with a high latency timer; ``--reply-latency-ms``).
 """
 
 from __future__ import annotations
 
 import math
 import os
+import re
 import select
 import sys
 import threading
@@ -54,6 +61,9 @@ class _Servo:
     silent: bool = False
     bad_crc: bool = False
     frozen: bool = False
+    blocked: bool = False
+    drop_next: int = 0  # status packets still to drop (one-shot noise)
+    dropped: int = 0
     reply_count: int = 0
     writes: list = field(default_factory=list)
 
@@ -81,11 +91,15 @@ class DynamixelEmulator:
         rt_priority: SCHED_FIFO priority of the bus thread (0: normal; ignored where not
             permitted). Real servos answer within microseconds whatever the host's load; an
             emulator thread starved by a loaded machine would miss the SDK's ~35 ms timeouts.
+        reply_latency: seconds between an instruction and its status packets (0: at once), as
+            an FTDI adapter whose latency timer is not set to 1 ms delays every answer.
     """
 
     def __init__(self, ids, passive_ids=(), positions: dict[int, float] | None = None, max_speed: float = 5.0,
-                 time_constant: float = 0.05, model_number: int = dxl.MODEL_XM430_W350, rt_priority: int = 0) -> None:
+                 time_constant: float = 0.05, model_number: int = dxl.MODEL_XM430_W350, rt_priority: int = 0,
+                 reply_latency: float = 0.0) -> None:
         self.rt_priority = rt_priority
+        self.reply_latency = reply_latency
         self.max_speed_ticks = max_speed / dxl.RAD_PER_TICK
         self.time_constant = time_constant
         self.passive_ids = set(passive_ids)
@@ -171,18 +185,36 @@ class DynamixelEmulator:
         with self._lock:
             return list(self.servos[servo_id].writes)
 
+    def set_operating_mode(self, servo_id: int, mode: int) -> None:
+        """Register 11 (3 = position, 4 = extended position, 1 = velocity, 16 = PWM), as a servo
+        configured for another robot would be found."""
+        with self._lock:
+            self.servos[servo_id].set_register(dxl.ADDR_OPERATING_MODE, 1, mode)
+
+    def dropped_replies(self, servo_id: int) -> int:
+        """Status packets of a servo dropped by :meth:`drop_replies` so far."""
+        with self._lock:
+            return self.servos[servo_id].dropped
+
     # --- faults ---------------------------------------------------------------------
+    FAULTS = ("no-reply", "drop-reply", "bad-crc", "hardware-error", "frozen", "blocked", "unplug")
+
     def inject(self, kind: str, servo_id: int | None = None, after: float = 0.0, after_writes: int = 0) -> None:
-        """Inject a fault: no-reply, bad-crc, hardware-error, frozen, unplug.
+        """Inject a fault (:attr:`FAULTS`; every kind but ``unplug`` names a servo).
 
         Now, or ``after`` seconds, or once ``after_writes`` goal-position SYNC_WRITEs have been
         received (a trigger tied to control steps, independent of start-up time)."""
-        actions = {"no-reply": self.silence, "bad-crc": self.corrupt_crc, "hardware-error": self.hardware_error,
-                   "frozen": self.freeze, "unplug": self.unplug}
+        actions = {"no-reply": self.silence, "drop-reply": self.drop_replies, "bad-crc": self.corrupt_crc,
+                   "hardware-error": self.hardware_error, "frozen": self.freeze, "blocked": self.block,
+                   "unplug": self.unplug}
         if kind not in actions:
-            raise ValueError(f"unknown fault '{kind}'; choose from {sorted(actions)}")
+            raise ValueError(f"unknown fault '{kind}'; choose from {', '.join(self.FAULTS)}")
+        if kind == "unplug" and servo_id is not None:
+            raise ValueError(f"fault 'unplug' removes the whole bus and takes no servo ID (got {servo_id}): "
+                             "write unplug or unplug@SECONDS")
         if kind != "unplug" and servo_id not in self.servos:
-            raise ValueError(f"fault '{kind}' needs a servo ID on the bus {sorted(self.servos)}, got {servo_id}")
+            raise ValueError(f"fault '{kind}' needs a servo ID on the bus {sorted(self.servos)}, got {servo_id}: "
+                             f"write {kind}:ID or {kind}:ID@SECONDS")
         action = actions[kind] if kind == "unplug" else (lambda: actions[kind](servo_id))
         if after_writes > 0:
             self.at_goal_write(after_writes, action)
@@ -203,6 +235,17 @@ class DynamixelEmulator:
         """The servo stops answering (it still executes instructions, broadcasts included)."""
         with self._lock:
             self.servos[servo_id].silent = True
+
+    def drop_replies(self, servo_id: int, count: int = 1) -> None:
+        """The servo's next ``count`` status packets are lost (it executes the instructions)."""
+        with self._lock:
+            self.servos[servo_id].drop_next += count
+
+    def block(self, servo_id: int) -> None:
+        """The joint is held where it is (an obstacle): goals are accepted, the position stays."""
+        with self._lock:
+            self._update(time.perf_counter())
+            self.servos[servo_id].blocked = True
 
     def corrupt_crc(self, servo_id: int) -> None:
         """The servo's status packets carry a wrong CRC."""
@@ -257,6 +300,8 @@ class DynamixelEmulator:
                 return
             for servo_id, instruction, params, crc_ok in self._parser.feed(data):
                 replies = self._handle(servo_id, instruction, params, crc_ok)
+                if replies and self.reply_latency > 0:
+                    time.sleep(self.reply_latency)
                 if replies and self.master >= 0:
                     try:
                         os.write(self.master, b"".join(replies))
@@ -345,6 +390,10 @@ class DynamixelEmulator:
         servo = self.servos[servo_id]
         if servo.silent:
             return []
+        if servo.drop_next:
+            servo.drop_next -= 1
+            servo.dropped += 1
+            return []
         if servo.register(dxl.ADDR_HARDWARE_ERROR, 1):
             error |= dxl.ERROR_ALERT
         packet = dxl.build_status(servo_id, error, params)
@@ -363,7 +412,7 @@ class DynamixelEmulator:
         steps = max(1, math.ceil(elapsed / 1e-3))
         dt = elapsed / steps
         for servo in self.servos.values():
-            if not servo.register(dxl.ADDR_TORQUE_ENABLE, 1):
+            if not servo.register(dxl.ADDR_TORQUE_ENABLE, 1) or servo.blocked:
                 servo.velocity = 0.0
                 continue
             goal = servo.register(dxl.ADDR_GOAL_POSITION, 4, signed=True)
@@ -387,10 +436,18 @@ class DynamixelEmulator:
 
 
 # --- command line -------------------------------------------------------------------
-def _parse_fault(text: str) -> tuple[str, int | None, float]:
-    kind, _, rest = text.partition(":")
-    target, _, after = rest.partition("@")
-    return kind, int(target) if target else None, float(after) if after else 0.0
+_FAULT_SYNTAX = re.compile(r"(?P<kind>[a-z-]+)(?::(?P<servo>\d*))?(?:@(?P<after>\d+(?:\.\d*)?|\.\d+))?")
+
+
+def parse_fault(text: str) -> tuple[str, int | None, float]:
+    """``KIND[:ID][@SECONDS]`` -> (kind, servo ID or None, seconds; 0: now). ``unplug@3`` and
+    ``unplug:@3`` are the same; the kind and ID are checked by :meth:`DynamixelEmulator.inject`."""
+    match = _FAULT_SYNTAX.fullmatch(text.strip())
+    if match is None:
+        raise ValueError(f"cannot parse '{text}': write KIND, KIND:ID, KIND@SECONDS or KIND:ID@SECONDS "
+                         f"(e.g. no-reply:21@5, unplug@3) with KIND one of {', '.join(DynamixelEmulator.FAULTS)}")
+    servo, after = match["servo"], match["after"]
+    return match["kind"], int(servo) if servo else None, float(after) if after else 0.0
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -404,17 +461,22 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--valve-id", type=int, default=VALVE_SERVO_ID, help="passive servo (torque off); -1: none")
     parser.add_argument("--max-speed", type=float, default=5.0, help="motor speed limit, rad/s")
     parser.add_argument("--rt-priority", type=int, default=60, help="SCHED_FIFO priority of the bus thread (0: off)")
-    parser.add_argument("--fault", action="append", default=[], metavar="KIND:ID[@SECONDS]",
-                        help="inject a fault: no-reply, bad-crc, hardware-error, frozen (with an ID), unplug")
+    parser.add_argument("--fault", action="append", default=[], metavar="KIND[:ID][@SECONDS]",
+                        help="inject a fault, now or SECONDS after start (repeatable): no-reply, drop-reply, "
+                             "bad-crc, hardware-error, frozen, blocked (with a servo ID: no-reply:21@5), unplug (no "
+                             "ID: unplug@3)")
+    parser.add_argument("--reply-latency-ms", type=float, default=0.0,
+                        help="delay every status packet this long (an adapter whose latency timer is not 1 ms)")
     args = parser.parse_args(argv)
     start = dict(zip(SERVO_IDS, DEFAULT_POSE.tolist(), strict=True)) if list(args.ids) == list(SERVO_IDS) else {}
     passive = () if args.valve_id < 0 else (args.valve_id,)
     emulator = DynamixelEmulator(args.ids, passive, positions=start, max_speed=args.max_speed,
-                                 rt_priority=args.rt_priority)
+                                 rt_priority=args.rt_priority, reply_latency=args.reply_latency_ms * 1e-3)
     for text in args.fault:
         try:
-            emulator.inject(*_parse_fault(text))
+            emulator.inject(*parse_fault(text))
         except ValueError as error:
+            emulator.stop()
             parser.error(f"--fault {text}: {error}")
     emulator.start()
     print(emulator.path, flush=True)

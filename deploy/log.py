@@ -18,6 +18,7 @@ Layout (``T`` = steps written, ``O``/``A``/``J`` = obs/action/joint sizes)::
         reset/<v>                       fixed per-episode values: joint_targets at reset, DR draws
         outcome/status, message, steps, success, return   written when the episode ends
                                         (status -1: never finished, e.g. the process was killed)
+        started        ()     int8      1 once the writer got anything of the episode (0: never ran)
 
 Crash safety: every object is created (and the fixed datasets' storage allocated) before the
 first step, then the file switches to SWMR mode (``libver='latest'``, ``swmr_mode=True``);
@@ -25,20 +26,37 @@ afterwards the writer only appends rows to chunked, resizable datasets and fills
 fixed ones, and flushes the file after each batch it receives (one step when it keeps up,
 which it does by a wide margin). Nothing is ever rewritten, so a ``kill -9`` loses at
 most the step being written, and a reader (``h5py.File(path, 'r', swmr=True)``, see
-:class:`LogReader`) can follow the file while it grows.
+:class:`LogReader`) can follow the file while it grows. ``started`` (int8, 0 until the writer
+receives the episode's first item) tells an episode that never ran (the session stopped before
+it) from one that started and has no complete step.
 
 Writes happen in a writer process (:class:`LogWriter` starts it): the control loop only puts
 numpy arrays on a queue, a sender thread pickles them into a pipe. Not a writer thread: h5py
 holds the GIL in every call, and an HDF5 flush that waits for a busy disk (10-100 ms measured on
 a loaded machine) would hold the control loop's interpreter with it. In its own process the
 writer can stall without the loop noticing, and when the control process dies (even by
-``kill -9``) the writer still writes what it received and closes the file. The writer uses
-h5py's low-level API (about 75 us of CPU per dataset and step).
+``kill -9``) the writer still writes what it received and closes the file. The writer ignores
+SIGINT, SIGTERM and SIGHUP, which reach the whole process group (Ctrl-C, ``timeout``, a service
+manager, ``kill -- -PGID``): it ends only at EOF of its pipe, after the control process closed it
+(or died), so the file is always closed in order. The writer uses h5py's low-level API (about
+75 us of CPU per dataset and step).
+
+Reading (:class:`LogReader`): a closed log opens normally, so HDF5 checks it completely (a
+truncated copy fails at once, naming its size). A log whose writer still runs, or was killed,
+is flagged open-for-writing and needs SWMR read mode, in which HDF5 re-reads metadata whose
+checksum fails: a reader can catch an entry while the writer rewrites it. Its default of 100
+attempts sleeps 1, 2, 4, ... ns between them, i.e. up to 2**100 ns: on a truncated file, whose
+missing metadata never heals, that is a hang. The reader sets the attempts
+(``H5Pset_metadata_read_attempts``, which h5py does not wrap: called on h5py's own libhdf5) to
+:data:`SWMR_READ_ATTEMPTS`, and compares the file's size with the end of file its superblock
+records first.
 """
 
 from __future__ import annotations
 
 import contextlib
+import ctypes
+import functools
 import json
 import os
 import pickle
@@ -47,13 +65,14 @@ import signal
 import subprocess
 import sys
 import threading
+import time
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
 
 import h5py
 import numpy as np
-from h5py import h5s
+from h5py import h5f, h5p, h5s
 
 from deploy.backends.base import Field
 from deploy.errors import LogError
@@ -62,6 +81,13 @@ FORMAT = "sim2real-deploy-log"
 FORMAT_VERSION = 1
 _CHUNK_ROWS = 64
 _MESSAGE_BYTES = 512
+#: Signals the writer process ignores: they reach the whole process group, and the control
+#: process closes the log in order when it gets them (deploy.run turns them into exceptions).
+_GROUP_SIGNALS = ("SIGINT", "SIGTERM", "SIGHUP")
+#: HDF5 sleeps 2**k ns after failed attempt k: 29 attempts give a torn metadata entry 0.54 s to
+#: heal (a writer rewrites one in microseconds); a damaged file fails after as long per entry.
+SWMR_READ_ATTEMPTS = 29
+_HDF5_SIGNATURE = b"\x89HDF\r\n\x1a\n"
 #: Datasets appended one step late (the outcome of step k's action needs step k+1's reading).
 LAGGED = {"reward": Field(()), "success": Field((), "int8")}
 _OUTCOME = {"status": ("int16", -1), "steps": ("int64", -1), "success": ("int8", -1),
@@ -109,15 +135,25 @@ class LogWriter:
         self.error: str | None = None
         self._queue: queue.SimpleQueue = queue.SimpleQueue()
         root = str(Path(__file__).resolve().parents[1])
-        code = f"import sys; sys.path.insert(0, {root!r}); import deploy.log as m; m._writer_main()"
+        # The signals are ignored first thing, before numpy and h5py load (~0.2 s in which a
+        # group-wide SIGTERM would otherwise kill the writer).
+        ignore = "; ".join(f"signal.signal(signal.{name}, signal.SIG_IGN)" for name in _GROUP_SIGNALS)
+        code = f"import signal; {ignore}; import sys; sys.path.insert(0, {root!r}); import deploy.log as m; " \
+               "m._writer_main()"
         self._process = subprocess.Popen([sys.executable, "-c", code], stdin=subprocess.PIPE, stdout=subprocess.PIPE)
         spec = {"path": str(self.path), "episodes": episodes, "attrs": {k: _attr_value(v) for k, v in attrs.items()},
                 "step_fields": self.step_fields, "episode_fields": dict(episode_fields), "rt_priority": rt_priority}
         try:
-            _send(self._process.stdin.fileno(), spec)
-        except OSError:
-            pass  # the writer died at start: its report below says why
-        ready = self._process.stdout.readline().decode().rstrip("\n")
+            try:
+                _send(self._process.stdin.fileno(), spec)
+            except OSError:
+                pass  # the writer died at start: its report below says why
+            ready = self._process.stdout.readline().decode().rstrip("\n")
+        except BaseException:  # e.g. Interrupted by a signal: EOF lets the writer close the file
+            self._process.stdin.close()
+            with contextlib.suppress(subprocess.TimeoutExpired):
+                self._process.wait(10)
+            raise
         if ready != "ready":
             self._process.kill()
             self._process.wait()
@@ -200,13 +236,14 @@ def _send(fd: int, item) -> None:
 def _writer_main() -> None:
     """Entry point of the writer process: frames on stdin, 'ready'/'error ...' lines on stdout.
 
-    Ctrl-C and a closed terminal reach the whole process group: the writer ignores them and ends
-    when the control process closes the pipe (normally, or by dying: even after a kill -9 of the
-    control process it writes every item it received and closes the file cleanly).
+    Ctrl-C, ``kill -- -PGID``, ``timeout`` and a closed terminal reach the whole process group:
+    the writer ignores SIGINT, SIGTERM and SIGHUP (already from its first line, see
+    :class:`LogWriter`) and ends when the control process closes the pipe (normally, or by dying:
+    even after a kill -9 of the control process it writes every item it received and closes the
+    file cleanly).
     """
-    signal.signal(signal.SIGINT, signal.SIG_IGN)
-    signal.signal(signal.SIGHUP, signal.SIG_IGN)
-    out = sys.stdout
+    for name in _GROUP_SIGNALS:
+        signal.signal(getattr(signal, name), signal.SIG_IGN)
     frames = _frames(sys.stdin.fileno())
     try:
         spec = next(frames)[0]
@@ -215,19 +252,23 @@ def _writer_main() -> None:
                 os.sched_setscheduler(0, os.SCHED_FIFO, os.sched_param(spec["rt_priority"]))
         writer = _FileWriter(**{k: v for k, v in spec.items() if k != "rt_priority"})
     except BaseException as error:  # noqa: BLE001 - reported to the parent
-        out.write(f"error {error}\n")
-        out.flush()
+        _report(f"error {error}")
         return
-    out.write("ready\n")
-    out.flush()
+    _report("ready")
     try:
         for batch in frames:
             writer.write(batch)
     except BaseException as error:  # noqa: BLE001 - reported to the parent
-        out.write(f"error {type(error).__name__}: {error}\n")
-        out.flush()
+        _report(f"error {type(error).__name__}: {error}")
     finally:
         writer.close()
+
+
+def _report(line: str) -> None:
+    """A line to the control process; if it is gone, the file is still closed in order."""
+    with contextlib.suppress(OSError, ValueError):
+        sys.stdout.write(line + "\n")
+        sys.stdout.flush()
 
 
 def _frames(fd: int):
@@ -256,6 +297,7 @@ class _FileWriter:
                  attrs: dict) -> None:
         self.file = h5py.File(path, "w", libver="latest")
         self.datasets: dict[tuple[int, str], list] = {}  # [dataset id, row shape, dtype, rows]
+        self.started: set[int] = set()
         try:
             self._create(episodes, step_fields, episode_fields, attrs)
             self.file.swmr_mode = True  # from here on: appends and fills only
@@ -289,12 +331,16 @@ class _FileWriter:
                 group.create_dataset(f"reset/{name}", shape=spec.shape, dtype=spec.dtype, fillvalue=fill)[()] = fill
             for name, (dtype, fill) in _OUTCOME.items():
                 group.create_dataset(f"outcome/{name}", shape=(), dtype=dtype, fillvalue=fill)[()] = fill
+            group.create_dataset("started", shape=(), dtype="int8", fillvalue=0)[()] = 0
         f.flush()
 
     def write(self, items: list) -> None:
         """Apply a batch of ("append"|"set", episode, values) items, then flush the file once."""
         appends: dict[tuple[int, str], list] = {}  # rows per dataset, in order: one write each
         for kind, episode, values in items:
+            if episode not in self.started:  # the first item of an episode: it ran
+                self.file[f"episodes/{episode}/started"][()] = 1
+                self.started.add(episode)
             for name, value in values.items():
                 if kind == "append":
                     appends.setdefault((episode, name), []).append(value)
@@ -331,13 +377,18 @@ class LogFormatError(ValueError):
 
 @dataclass
 class Episode:
-    """One episode read back: complete steps only (rows every per-step dataset has)."""
+    """One episode read back: complete steps only (rows every per-step dataset has).
+
+    ``ran`` is False for an episode the session never reached (stopped by a fault or killed
+    before it): it has no steps, and no reset or outcome values either.
+    """
 
     index: int
     steps: int
     data: dict[str, np.ndarray]
     reset: dict[str, np.ndarray]
     outcome: dict
+    ran: bool = True
 
     def __getitem__(self, name: str) -> np.ndarray:
         return self.data[name]
@@ -350,38 +401,43 @@ class Episode:
 class LogReader:
     """Reads a session log, also while it is being written or after the writer was killed.
 
-    Opens in SWMR read mode, which is what allows reading a file whose writer still has it
-    open (or died with it open). Raises :class:`LogFormatError` naming the problem for files
-    that are missing, not HDF5, truncated, or HDF5 but not a deployment log.
+    A closed log is opened normally; one flagged open for writing (a live writer, or one that
+    died) in SWMR read mode with bounded metadata retries (see the module docstring). Raises
+    :class:`LogFormatError` naming the problem, within about a second, for files that are
+    missing, not HDF5, truncated, or HDF5 but not a deployment log.
     """
 
     def __init__(self, path: str | Path) -> None:
         self.path = Path(path)
         if not self.path.is_file():
             raise LogFormatError(f"{self.path}: no such file")
+        self.file = _open_log(self.path)
         try:
-            self.file = h5py.File(self.path, "r", libver="latest", swmr=True)
-        except OSError as error:
-            size = self.path.stat().st_size
-            raise LogFormatError(f"{self.path} ({size} bytes) cannot be opened as HDF5: it is truncated, corrupt or "
-                                 f"not an HDF5 file ({error})") from None
-        try:
-            fmt = self.file.attrs.get("format")
-        except (OSError, RuntimeError, KeyError) as error:  # h5py raises these for damaged metadata
+            self._read_attrs()
+        except BaseException:
             self.file.close()
+            raise
+
+    def _read_attrs(self) -> None:
+        try:
+            names = set(self.file.attrs)  # iterating fails on damaged metadata (a lookup would say "absent")
+            fmt = _decode_attr(self.file.attrs["format"]) if "format" in names else None
+        except (OSError, RuntimeError, KeyError) as error:  # h5py raises these for damaged metadata
             raise LogFormatError(f"{self.path} is truncated or corrupt: its attributes cannot be read ({error})"
                                  ) from None
         if fmt != FORMAT:
             found = sorted(self.file.keys())[:8]
-            self.file.close()
             raise LogFormatError(f"{self.path} is an HDF5 file but not a deployment log (attribute format="
                                  f"{fmt!r}, expected {FORMAT!r}; top-level objects: {found})")
-        version = int(self.file.attrs.get("format_version", -1))
-        if version > FORMAT_VERSION:
-            self.file.close()
-            raise LogFormatError(f"{self.path} has log format version {version}; this toolkit reads <= "
-                                 f"{FORMAT_VERSION}: update the toolkit")
-        self.attrs = {k: _decode_attr(v) for k, v in self.file.attrs.items()}
+        try:
+            version = int(self.file.attrs.get("format_version", -1))
+            if version > FORMAT_VERSION:
+                raise LogFormatError(f"{self.path} has log format version {version}; this toolkit reads <= "
+                                     f"{FORMAT_VERSION}: update the toolkit")
+            self.attrs = {k: _decode_attr(v) for k, v in self.file.attrs.items()}
+        except (OSError, RuntimeError, KeyError) as error:
+            raise LogFormatError(f"{self.path} is truncated or corrupt: its attributes cannot be read ({error})"
+                                 ) from None
         self.step_datasets = json.loads(self.attrs["step_datasets"])
         self.lagged_datasets = json.loads(self.attrs["lagged_datasets"])
 
@@ -395,16 +451,43 @@ class LogReader:
         lengths = []
         for name in self.step_datasets:
             ds = group[name]
-            ds.refresh()
+            self._refresh(ds)
             lengths.append(ds.shape[0])
         return min(lengths, default=0)
 
     def episode(self, index: int) -> Episode:
-        """Read episode ``index`` (complete steps; lagged datasets may be one row shorter)."""
+        """Read episode ``index`` (complete steps; lagged datasets may be one row shorter). An
+        episode that never ran comes back with ``ran=False`` and no steps."""
         try:
             return self._episode(index)
         except (OSError, RuntimeError, KeyError) as error:  # h5py's errors for damaged objects
             raise LogFormatError(f"episode {index} of {self.path} is damaged or incomplete: {error}") from None
+
+    def episode_with_steps(self, index: int) -> Episode:
+        """Episode ``index`` if it has a complete step; else :class:`LogFormatError` saying why
+        not: it never ran (and where the session stopped), or it started but ended (or the
+        writer died) before its first step."""
+        episode = self.episode(index)
+        if episode.steps:
+            return episode
+        if not episode.ran:
+            raise LogFormatError(f"episode {index} of {self.path} never ran: {self._session_end(index)}")
+        status = int(episode.outcome["status"])
+        how = ("it was not finished either: the run was killed before its first step completed" if status < 0 else
+               f"it ended with status {status}: {episode.outcome['message'].splitlines()[0]}")
+        raise LogFormatError(f"episode {index} of {self.path} started but has no complete step; {how}")
+
+    def _session_end(self, index: int) -> str:
+        """Where the session stopped, for an episode it never reached."""
+        last = next((i for i in reversed(range(index)) if self.episode(i).ran), None)
+        if last is None:
+            return "the session stopped before any episode ran"
+        outcome = self.episode(last).outcome
+        status = int(outcome["status"])
+        if status < 0:
+            return f"the session ended during episode {last} (not finished: the run was killed)"
+        return (f"the session stopped in episode {last} (status {status}: {outcome['message'].splitlines()[0]})"
+                if status else f"the session ended after episode {last}")
 
     def _episode(self, index: int) -> Episode:
         group = self._group(index)
@@ -416,7 +499,7 @@ class LogReader:
             data["joint_pos"] = data["readings/joint_pos"]  # the hard link: same dataset
         for name in self.lagged_datasets:
             ds = group[name]
-            ds.refresh()
+            self._refresh(ds)
             data[name] = ds[:min(steps, ds.shape[0])]
         reset = {}
         if "reset" in group:
@@ -424,7 +507,16 @@ class LogReader:
                                       if isinstance(obj, h5py.Dataset) else None)
         outcome = {name: ds[()] for name, ds in group["outcome"].items()}
         outcome["message"] = outcome["message"].decode("utf-8", "replace")
-        return Episode(index=index, steps=steps, data=data, reset=reset, outcome=outcome)
+        if "started" in group:
+            ran = bool(group["started"][()])
+        else:  # logs written before the marker: anything recorded means the episode began
+            ran = steps > 0 or int(outcome["status"]) != -1 or any(
+                np.isfinite(v).any() for v in reset.values() if np.asarray(v).dtype.kind == "f")
+        return Episode(index=index, steps=steps, data=data, reset=reset, outcome=outcome, ran=ran)
+
+    def _refresh(self, ds: h5py.Dataset) -> None:
+        if self.file.swmr_mode:  # a file flagged open for writing: rows may have been added
+            ds.refresh()
 
     def _group(self, index: int) -> h5py.Group:
         count = self.episode_count
@@ -448,3 +540,96 @@ def _decode_attr(value):
     if isinstance(value, np.generic):
         return value.item()
     return value
+
+
+# --- opening for reading --------------------------------------------------------------
+def _open_log(path: Path) -> h5py.File:
+    """Open ``path`` read-only: normally if closed, else (flagged open for writing) in SWMR read
+    mode with :data:`SWMR_READ_ATTEMPTS`; :class:`LogFormatError` for unreadable files."""
+    size = path.stat().st_size
+    superblock = _superblock(path)
+    if superblock is None or not superblock[1]:  # no writer flag: a closed file
+        try:
+            return h5py.File(path, "r")  # HDF5 checks the size against the superblock
+        except OSError as error:
+            text = str(error)
+        if "unable to lock file" in text:
+            raise LogFormatError(f"{path} is locked by another program: a writer creating it (try again in a moment) "
+                                 f"or one that opened it for writing ({text})") from None
+        if "already open" not in text:
+            if "truncated file" in text and superblock is not None:
+                raise LogFormatError(_truncated(path, size, superblock[2])) from None
+            raise LogFormatError(f"{path} ({size} bytes) cannot be opened as HDF5: it is truncated, corrupt or not "
+                                 f"an HDF5 file ({text})") from None
+    else:
+        # Flagged open for writing: a live writer, or one that died. HDF5 skips its size check in
+        # SWMR mode (a writer may be extending the file), so the reader makes it: a live writer's
+        # file is shorter than its superblock says for at most the moment of a flush.
+        for _ in range(10):
+            eoa, size = superblock[2], path.stat().st_size
+            if size >= eoa:
+                break
+            time.sleep(0.05)
+            superblock = _superblock(path) or superblock
+        else:
+            raise LogFormatError(_truncated(path, size, eoa))
+    fapl = h5p.create(h5p.FILE_ACCESS)
+    fapl.set_libver_bounds(h5f.LIBVER_LATEST, h5f.LIBVER_LATEST)
+    _set_metadata_read_attempts(fapl, SWMR_READ_ATTEMPTS)
+    try:
+        return h5py.File(h5f.open(os.fsencode(path), h5f.ACC_RDONLY | h5f.ACC_SWMR_READ, fapl))
+    except OSError as error:
+        raise LogFormatError(f"{path} ({size} bytes) cannot be opened as HDF5 while it is flagged open for writing "
+                             f"({error}); if it is being created, try again in a moment") from None
+
+
+def _truncated(path: Path, size: int, eoa: int) -> str:
+    return (f"{path} is truncated: it has {size} bytes, its HDF5 superblock records {eoa} (an incomplete copy or "
+            "download, or a full disk): copy it again from the original")
+
+
+def _superblock(path: Path) -> tuple[int, int, int] | None:
+    """(version, status flags, end-of-file address) of a version 2/3 superblock at offset 0 (what
+    the writer makes), or None for other files."""
+    try:
+        with open(path, "rb") as f:
+            head = f.read(48)
+    except OSError:
+        return None
+    if len(head) < 48 or head[:8] != _HDF5_SIGNATURE or head[8] not in (2, 3) or head[9] != 8:
+        return None  # not HDF5, an older superblock layout, or not 8-byte addresses
+    base, _extension, eoa, _root = np.frombuffer(head[12:44], "<u8").tolist()
+    return head[8], head[11], base + eoa
+
+
+def _set_metadata_read_attempts(fapl: h5p.PropFAID, attempts: int) -> None:
+    """``H5Pset_metadata_read_attempts`` on ``fapl`` (h5py does not wrap it); where h5py's
+    libhdf5 cannot be found, HDF5's default stays (a truncated live file may then hang)."""
+    library = _hdf5_library()
+    if library is None or library.H5Pset_metadata_read_attempts(fapl.id, attempts) < 0:
+        print(f"deploy.log: warning: cannot bound HDF5's SWMR metadata retries (libhdf5 of h5py "
+              f"{h5py.version.version} not found); a truncated log may hang", file=sys.stderr)
+
+
+@functools.cache
+def _hdf5_library() -> ctypes.CDLL | None:
+    """The libhdf5 that h5py loaded (its symbols, not a second copy of the library): the mapped
+    file of this process that defines the function, else h5py's bundled copy."""
+    candidates = []
+    with contextlib.suppress(OSError):
+        for line in Path("/proc/self/maps").read_text().splitlines():
+            fields = line.split(maxsplit=5)
+            if len(fields) == 6 and Path(fields[5]).name.startswith("libhdf5") and fields[5] not in candidates:
+                candidates.append(fields[5])
+    package = Path(h5py.__file__).parent
+    for folder in (package.parent / "h5py.libs", package / ".dylibs"):
+        candidates += sorted(str(p) for p in folder.glob("libhdf5*")) if folder.is_dir() else []
+    for candidate in candidates:
+        try:
+            library = ctypes.CDLL(candidate)
+            function = library.H5Pset_metadata_read_attempts
+        except (OSError, AttributeError):
+            continue
+        function.argtypes, function.restype = [ctypes.c_int64, ctypes.c_uint], ctypes.c_int
+        return library
+    return None

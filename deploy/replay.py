@@ -20,7 +20,8 @@ divergence in actions mode), drawn with matplotlib's Agg backend.
 
 Exit status: 0 replayed (state mode: max difference within ``--tolerance``), 1 state mode found
 observations differing by more than ``--tolerance``, 2 unusable file or options (the message names
-the problem: missing, truncated, not HDF5, not a deployment log, no such episode, no steps).
+the problem: missing, truncated, not HDF5, not a deployment log, no such episode, an episode that
+never ran, one without a complete step).
 """
 
 from __future__ import annotations
@@ -203,14 +204,10 @@ def run(args: Args) -> int:
         print(f"deploy.replay: {error}", file=sys.stderr)
         return 2
     with reader:
-        try:
-            episode = reader.episode(args.episode)
+        try:  # an episode the session never reached, or one without a complete step, is named as such
+            episode = reader.episode_with_steps(args.episode)
         except LogFormatError as error:
             print(f"deploy.replay: {error}", file=sys.stderr)
-            return 2
-        if episode.steps == 0:
-            print(f"deploy.replay: episode {args.episode} of {args.file} has no complete step (never started, or the "
-                  "writer died before its first step)", file=sys.stderr)
             return 2
         status = int(episode.outcome["status"])
         ended = "not finished (writer killed or still running)" if status < 0 else \

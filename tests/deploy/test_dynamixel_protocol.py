@@ -10,7 +10,8 @@ import numpy as np
 import pytest
 
 from deploy import dynamixel_protocol as dxl
-from deploy.dynamixel_emulator import DynamixelEmulator
+from deploy.dynamixel_emulator import DynamixelEmulator, parse_fault
+from deploy.dynamixel_emulator import main as emulator_main
 
 
 def test_packets_match_the_specification_examples():
@@ -90,3 +91,28 @@ def test_emulator_answers_reads_with_stuffed_status_and_models_the_motor():
             assert _transact(emu, fd, eeprom, 1)[0][2] == bytes([dxl.ERR_ACCESS])
         finally:
             os.close(fd)
+
+
+@pytest.mark.parametrize("text, parsed", [
+    ("unplug@3", ("unplug", None, 3.0)), ("unplug:@3", ("unplug", None, 3.0)), ("unplug", ("unplug", None, 0.0)),
+    ("no-reply:21@5", ("no-reply", 21, 5.0)), ("bad-crc:21", ("bad-crc", 21, 0.0)),
+    ("frozen:32@0.25", ("frozen", 32, 0.25)), ("drop-reply:10@.5", ("drop-reply", 10, 0.5)),
+])
+def test_fault_specs_in_every_form_the_help_shows(text, parsed):
+    assert parse_fault(text) == parsed
+
+
+def test_bad_fault_specs_are_refused_naming_the_fix(capsys):
+    for text in ("no-reply:x", "no-reply:21@soon", "unplug@", "@3", "no-reply:21@5@6"):
+        with pytest.raises(ValueError, match="write KIND, KIND:ID, KIND@SECONDS or KIND:ID@SECONDS"):
+            parse_fault(text)
+    with DynamixelEmulator([21]) as emu:
+        with pytest.raises(ValueError, match="unknown fault 'melt'; choose from no-reply, drop-reply"):
+            emu.inject(*parse_fault("melt:21"))
+        with pytest.raises(ValueError, match=r"'no-reply' needs a servo ID on the bus \[21\].*no-reply:ID@SECONDS"):
+            emu.inject(*parse_fault("no-reply@5"))
+        with pytest.raises(ValueError, match="'unplug' removes the whole bus and takes no servo ID"):
+            emu.inject(*parse_fault("unplug:21@3"))
+    with pytest.raises(SystemExit) as exited:  # the command line: a usage error, before serving
+        emulator_main(["--fault", "unplug:21"])
+    assert exited.value.code == 2 and "--fault unplug:21: fault 'unplug' removes" in capsys.readouterr().err

@@ -131,7 +131,8 @@ def test_metadata_round_trip(policy_file):
     np.testing.assert_array_equal(meta.robot.joint_low, SPEC.joint_low)
     assert meta.robot.max_joint_speed == SPEC.max_joint_speed and meta.calibration["hash"] == "abc"
     assert meta.robot.hardware == {} and not meta.robot.differences(SPEC)  # servo IDs are not the policy's business
-    assert meta != make_metadata(training_step=1) and meta != make_metadata(robot={"action_scale": SPEC.action_scale * 2})
+    assert meta != make_metadata(training_step=1)
+    assert meta != make_metadata(robot={"action_scale": SPEC.action_scale * 2})
     assert meta != make_metadata(robot={"max_joint_speed": 1.0}) and meta != make_metadata(calibration={})
     props = {p.key: p.value for p in onnx.load(str(policy_file[0])).metadata_props}
     assert props == encode_metadata(meta) and props["format"] == METADATA_FORMAT
