@@ -2,6 +2,7 @@
 
     python -m deploy.replay episodes.h5 --episode 3 --mode state
     python -m deploy.replay episodes.h5 --episode 3 --mode actions --plot replay.png
+    python -m deploy.replay real.h5 --episode 2 --video ep2.mp4
 
 ``--mode state``: for every logged step, put the simulator in the logged physics state
 (``sim/state``; a hardware log has none, then the logged sensor readings are used), recompute the
@@ -14,6 +15,9 @@ physics state; hardware log: the logged joint angles, the rest at the model's de
 logged domain-randomization values, re-execute the logged joint targets open loop and report
 the per-step divergence of the joint positions from the logged ones. For a sim log this is ~0
 (MuJoCo is deterministic); for a hardware log it measures the sim-to-real gap.
+
+``--video out.mp4``: the episode on the robot model (a hardware log is posed from its readings);
+with ``--mode actions`` the re-executed sim beside it.
 
 ``--plot out.png``: joint positions vs targets, actions and the loop-period histogram (plus the
 divergence in actions mode), drawn with matplotlib's Agg backend.
@@ -55,6 +59,11 @@ class Args:
     """Write a figure (PNG/PDF/SVG) of joint positions vs targets, actions and loop timing."""
     tolerance: float = 1e-4
     """state mode: largest accepted |recomputed - logged| observation difference."""
+    video: Path | None = None
+    """Write an mp4 of the episode on the robot model (sim logs: the logged states; hardware logs: posed from the
+    logged readings). With --mode actions the re-executed sim is drawn beside the logged episode."""
+    camera: str | None = None
+    """Camera of the task's scene for --video (default: the task's own)."""
 
 
 @dataclass
@@ -126,8 +135,11 @@ def replay_state(reader: LogReader, episode: Episode) -> ReplayReport:
     return ReplayReport("state", episode.index, steps, "sim state" if has_state else "logged readings", diff)
 
 
-def replay_actions(reader: LogReader, episode: Episode) -> ReplayReport:
-    """Re-execute the logged joint targets open loop from the logged initial state."""
+def replay_actions(reader: LogReader, episode: Episode, on_step=None) -> ReplayReport:
+    """Re-execute the logged joint targets open loop from the logged initial state.
+
+    ``on_step(data, k)``, when given, sees the re-executed simulation before each step's command
+    (the video draws it there)."""
     import mujoco
 
     from deploy.backends.sim import STATE_SPEC, settle_derived
@@ -139,9 +151,15 @@ def replay_actions(reader: LogReader, episode: Episode) -> ReplayReport:
         source = "logged sim state"
     else:
         mujoco.mj_resetData(model, data)
-        data.qpos[task.indices.qpos_adr] = episode["readings/joint_pos"][0]
+        readings = episode.group("readings")
+        if all(name in readings for name in task.pose_readings):  # the robot and its object as logged
+            task.show(backend.view, {n: v[0][None] for n, v in readings.items()},
+                      {n: v[0][None] for n, v in episode.group("task_state").items()})
+            source = f"logged {', '.join(task.pose_readings)} (other state at model defaults)"
+        else:
+            data.qpos[task.indices.qpos_adr] = readings["joint_pos"][0]
+            source = "logged joint angles (other state at model defaults)"
         data.ctrl[task.indices.actuator_ids] = episode.reset["joint_targets"]
-        source = "logged joint angles (other state at model defaults)"
     settle_derived(model, data)
     logged = episode["readings/joint_pos"]
     replayed = np.zeros_like(logged)
@@ -150,6 +168,8 @@ def replay_actions(reader: LogReader, episode: Episode) -> ReplayReport:
     for k in range(episode.steps):
         readings, _ = backend.read()
         replayed[k] = readings["joint_pos"][0]
+        if on_step is not None:
+            on_step(data, k)
         forces = None
         if states is not None and k + 1 < episode.steps:
             # The forces the logged step applied (DR pushes) are in force at the next logged state.
@@ -213,7 +233,28 @@ def run(args: Args) -> int:
         ended = "not finished (writer killed or still running)" if status < 0 else \
             f"status {status}: {episode.outcome['message']}"
         print(f"deploy.replay: {args.file} episode {args.episode}: {episode.steps} steps, {ended}")
-        report = replay_state(reader, episode) if args.mode == "state" else replay_actions(reader, episode)
+        drawer = replayed_frames = None
+        if args.video is not None:
+            from deploy.video import EpisodeDrawer, LogVideoError
+            from toolkit.video import GLUnavailableError, check_video_path
+
+            try:
+                check_video_path(args.video)
+                drawer = EpisodeDrawer(reader, args.camera)
+                logged_frames = drawer.frames(episode)
+            except (ValueError, GLUnavailableError, LogVideoError) as error:
+                print(f"deploy.replay: video: {error}", file=sys.stderr)
+                return 2
+        if args.mode == "state":
+            report = replay_state(reader, episode)
+        else:
+            replayed_frames = [] if drawer is not None else None
+            record = None if drawer is None else (lambda data, k: replayed_frames.append(drawer.renderer.render(data)))
+            report = replay_actions(reader, episode, on_step=record)
+        if drawer is not None:
+            _write_replay_video(args.video, logged_frames, replayed_frames, float(reader.attrs["control_dt"]))
+            drawer.close()
+            print(f"deploy.replay: wrote {args.video} ({len(logged_frames)} frames)")
         control_dt = float(reader.attrs["control_dt"])
         if args.plot is not None:
             plot_episode(episode, control_dt, args.plot, report)
@@ -229,6 +270,15 @@ def run(args: Args) -> int:
         print(f"  step {k:4d}  {report.per_step[k]:.3e}")
     print(f"max divergence {report.max_diff:.3e} rad, final {report.per_step[-1]:.3e} rad over {report.steps} steps")
     return 0
+
+
+def _write_replay_video(path: Path, logged: list, replayed: list | None, control_dt: float) -> None:
+    """The logged episode's frames, or (actions mode) the re-executed sim beside them."""
+    from toolkit.video import VideoWriter, side_by_side
+
+    with VideoWriter(path, 1.0 / control_dt) as writer:
+        for k, frame in enumerate(logged):
+            writer.append(frame if replayed is None else side_by_side(replayed[k], frame, ("re-executed sim", "log")))
 
 
 def main(argv: list[str] | None = None) -> int:

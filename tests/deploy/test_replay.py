@@ -80,7 +80,7 @@ def test_replay_of_a_hardware_log_measures_the_sim_to_real_gap(make_policy, emul
     assert "state replay (logged readings): max |obs - logged obs| = 0.000e+00" in capsys.readouterr().out
     assert run(Args(file=path, mode="actions")) == 0
     out = capsys.readouterr().out
-    assert "actions replay from logged joint angles" in out
+    assert "actions replay from logged joint_pos, valve_angle" in out
     with LogReader(path) as reader:
         episode = reader.episode(0)
         assert "sim/state" not in episode.data

@@ -78,3 +78,18 @@ def test_an_episode_without_the_readings_to_pose_the_model_names_them(make_polic
         f.attrs["step_datasets"] = "[" + ", ".join(f'"{n}"' for n in names) + "]"
     with pytest.raises(LogVideoError, match=r"lacks the readings \['valve_angle'\]"):
         write_log_video(log, tmp_path / "cut.mp4")
+
+
+def test_replay_video_of_a_hardware_log_and_the_reexecuted_sim_beside_it(make_policy, emulator, tmp_path):
+    from deploy.replay import Args as ReplayArgs
+    from deploy.replay import run as replay
+
+    log = tmp_path / "hw.h5"
+    assert run(Args(policy=make_policy(weight_scale=2.0), backend="dclaw", port=emulator.path, log=log,
+                    episode_steps=10, reset_speed=3.0, reset_timeout=3.0, rt_priority=0)) == ExitCode.OK
+    assert replay(ReplayArgs(file=log, video=tmp_path / "log.mp4")) == 0
+    assert read_video(tmp_path / "log.mp4")[0].shape == (10, 240, 320, 3)
+    assert replay(ReplayArgs(file=log, mode="actions", video=tmp_path / "both.mp4")) == 0
+    both, _ = read_video(tmp_path / "both.mp4")
+    assert both.shape[0] == 10 and both.shape[2] > 2 * 320  # two frames side by side
+    assert replay(ReplayArgs(file=log, video=tmp_path / "x.gif")) == 2  # refused, with the reason

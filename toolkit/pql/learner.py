@@ -100,10 +100,10 @@ class Learner:
         """One update on a fresh sample; publishes the weights and bumps the update counter."""
         self.sync()
         self._loss_value = self.step(self.sample())
-        self.publish()
         self.updates += 1
         if self.updates % self.readback == 0:
-            self.read_back()
+            self.read_back()  # before publishing: weights from a checked non-finite loss never leave the role
+        self.publish()
         self.shared.counters[self.counter] = self.updates
 
     def read_back(self) -> float:

@@ -174,6 +174,18 @@ class Placement(ABC):
     @abstractmethod
     def tick(self) -> None: ...
 
+    def check_health(self) -> None:
+        """Raise :class:`TrainingError` naming a role that failed (roles elsewhere; sequential
+        roles raise from ``tick`` itself)."""
+
+    def raise_role_failure(self, wait_s: float = 5.0) -> None:
+        """After an error in the trainer's own work (an evaluation of diverged weights), give a
+        failing role ``wait_s`` to report: its error is the cause and names the role."""
+        deadline = time.perf_counter() + wait_s
+        while time.perf_counter() < deadline:
+            self.check_health()
+            time.sleep(0.05)
+
     @abstractmethod
     def gather_states(self, final: bool) -> Snapshot: ...
 
@@ -206,6 +218,9 @@ class SequentialPlacement(Placement):
 
     def shutdown(self) -> None:
         self.ctx.shared.counters[Counter.STOP] = 1
+
+    def raise_role_failure(self, wait_s: float = 0.0) -> None:
+        pass  # the roles run in this process: their errors have already been raised
 
 
 class ProcessPlacement(Placement):

@@ -323,7 +323,11 @@ class Trainer:
                 now = time.perf_counter()
                 learning = self.gate.learning(self.shared.counters)
                 if now >= next_eval and learning:
-                    self.run_evaluation()
+                    try:
+                        self.run_evaluation()
+                    except ValueError:  # non-finite actions: a role's divergence, which it reports
+                        placement.raise_role_failure()
+                        raise
                     next_eval = now + log.eval_interval_s
                 if self._videos is not None and now >= next_video and learning:
                     self._videos.record()
