@@ -174,9 +174,9 @@ class Placement(ABC):
     @abstractmethod
     def tick(self) -> None: ...
 
+    @abstractmethod
     def check_health(self) -> None:
-        """Raise :class:`TrainingError` naming a role that failed (roles elsewhere; sequential
-        roles raise from ``tick`` itself)."""
+        """Raise :class:`TrainingError` naming a role that failed."""
 
     def raise_role_failure(self, wait_s: float = 5.0) -> None:
         """After an error in the trainer's own work (an evaluation of diverged weights), give a
@@ -219,8 +219,11 @@ class SequentialPlacement(Placement):
     def shutdown(self) -> None:
         self.ctx.shared.counters[Counter.STOP] = 1
 
+    def check_health(self) -> None:
+        pass  # the roles run in this process: their errors raise from tick()
+
     def raise_role_failure(self, wait_s: float = 0.0) -> None:
-        pass  # the roles run in this process: their errors have already been raised
+        pass
 
 
 class ProcessPlacement(Placement):
