@@ -30,7 +30,6 @@ never ran, one without a complete step).
 
 from __future__ import annotations
 
-import json
 import sys
 from dataclasses import dataclass
 from pathlib import Path
@@ -39,8 +38,8 @@ from typing import Literal
 import numpy as np
 import tyro
 
+from deploy.backends.sim import log_simulator
 from deploy.log import Episode, LogFormatError, LogReader
-from toolkit.contract.policy import decode_metadata
 
 
 @dataclass
@@ -82,35 +81,13 @@ class ReplayReport:
         return float(np.max(self.per_step)) if len(self.per_step) else 0.0
 
 
-def simulator(reader: LogReader, episode: Episode | None):
-    """The task's sim as the logged run had it: same task, control period, timestep, and the DR
-    values of ``episode`` (None: a randomized log's model, ready for any episode's values)."""
-    from deploy.backends.sim import SimBackend
-    from robots import make_task
-
-    metadata = decode_metadata(json.loads(reader.attrs["policy_metadata"]))
-    task = make_task(metadata.task, **metadata.task_overrides)
-    dr = {} if episode is None else {k[3:]: v for k, v in episode.reset.items() if k.startswith("dr/")}
-    randomized = bool(dr) or (episode is None and bool(reader.attrs.get("randomize", False)))
-    backend = SimBackend(task, float(reader.attrs["control_dt"]), randomize=randomized)
-    backend.open()
-    info = json.loads(reader.attrs["backend_info"])
-    logged_timestep = info.get("timestep")
-    if logged_timestep is not None and not np.isclose(logged_timestep, backend.model.opt.timestep):
-        print(f"deploy.replay: warning: the log used a {logged_timestep} s timestep, the model now "
-              f"{backend.model.opt.timestep} s", file=sys.stderr)
-    if dr:
-        backend.apply_randomization(dr)
-    return task, backend
-
-
 def replay_state(reader: LogReader, episode: Episode) -> ReplayReport:
     """Recompute every logged observation (from the physics state, or else the readings)."""
     import mujoco
 
     from deploy.backends.sim import STATE_SPEC, settle_derived
 
-    task, backend = simulator(reader, episode)
+    task, backend = log_simulator(reader, episode)
     steps = episode.steps
     targets, actions = episode["joint_targets"], episode["actions"].astype(np.float64)
     previous_targets = np.vstack([episode.reset["joint_targets"][None], targets[:-1]])
@@ -144,7 +121,7 @@ def replay_actions(reader: LogReader, episode: Episode, on_step=None) -> ReplayR
 
     from deploy.backends.sim import STATE_SPEC, settle_derived
 
-    task, backend = simulator(reader, episode)
+    task, backend = log_simulator(reader, episode)
     model, data = backend.model, backend.data
     if "sim/state" in episode.data:
         mujoco.mj_setState(model, data, episode["sim/state"][0], STATE_SPEC)
@@ -159,7 +136,7 @@ def replay_actions(reader: LogReader, episode: Episode, on_step=None) -> ReplayR
         else:
             data.qpos[task.indices.qpos_adr] = readings["joint_pos"][0]
             source = "logged joint angles (other state at model defaults)"
-        data.ctrl[task.indices.actuator_ids] = episode.reset["joint_targets"]
+    backend.start_commands(episode.reset["joint_targets"])
     settle_derived(model, data)
     logged = episode["readings/joint_pos"]
     replayed = np.zeros_like(logged)

@@ -35,6 +35,7 @@ from deploy.errors import DeployError, ExitCode, Interrupted, LogError, PolicyMi
 from deploy.log import LogWriter
 from deploy.policy import load_policy
 from deploy.runner import EpisodeResult, Runner, RunnerConfig, check_policy
+from toolkit.contract.calibration import Calibration, CalibrationError, load_calibration
 from toolkit.contract.policy import PolicyError, encode_metadata
 from toolkit.progress import eta_s, format_duration
 
@@ -89,14 +90,18 @@ class Args:
     session: never inside the control loop, so the loop timing is unchanged."""
     camera: str | None = None
     """Camera of the task's scene for --video (default: the task's own, which frames the robot and its object)."""
+    calibration: Path | None = None
+    """A calibration file (python -m deploy.calibrate). sim: evaluate in the fitted sim (its damping, gain and friction
+    scales and action latency); dclaw: the servos' fitted zero offsets when converting ticks and radians. Refused for
+    another robot or task."""
 
 
-def make_backend(args: Args, task, control_dt: float) -> Backend:
+def make_backend(args: Args, task, control_dt: float, calibration: Calibration | None = None) -> Backend:
     """The backend ``args`` ask for (imported lazily: no MuJoCo on the hardware path and vice versa)."""
     if args.backend == "sim":
         from deploy.backends.sim import SimBackend
 
-        return SimBackend(task, control_dt, randomize=args.randomize)
+        return SimBackend(task, control_dt, randomize=args.randomize, calibration=calibration)
     if args.randomize:
         raise ValueError("--randomize applies to the sim backend only")
     if not args.realtime:
@@ -104,7 +109,8 @@ def make_backend(args: Args, task, control_dt: float) -> Backend:
     from deploy.backends.dclaw_dynamixel import DClawBackend
 
     return DClawBackend(task, args.port, args.baud, control_dt=control_dt, reset_speed=args.reset_speed,
-                        reset_timeout=args.reset_timeout)
+                        reset_timeout=args.reset_timeout,
+                        joint_offsets=None if calibration is None else calibration.joint_offsets)
 
 
 @contextlib.contextmanager
@@ -202,6 +208,14 @@ def run(args: Args) -> int:
         problem = _video_problem(args, task)
         if problem:
             return fail(ExitCode.USAGE, "usage", problem)
+    calibration = None
+    if args.calibration is not None:
+        try:
+            calibration = load_calibration(args.calibration)
+            calibration.check_for(task.robot.name, task.name, task.robot.joint_names)
+        except CalibrationError as error:
+            return fail(ExitCode.USAGE, "calibration refused", error)
+        print(f"deploy: {calibration.summary()}")
     control_dt = args.control_dt or metadata.robot.control_dt
     goal = {} if args.goal is None else {"goal_angle": args.goal}
     cfg = RunnerConfig(episodes=args.episodes, episode_steps=args.episode_steps, control_dt=args.control_dt,
@@ -209,7 +223,7 @@ def run(args: Args) -> int:
                        spin_s=args.spin_ms * 1e-3, seed=args.seed, task_state=goal, realtime=args.realtime,
                        rt_priority=args.rt_priority if args.realtime else 0)
     try:
-        backend = make_backend(args, task, control_dt)
+        backend = make_backend(args, task, control_dt, calibration)
         check_policy(metadata, task, backend.robot)  # before the backend opens: nothing moves
     except PolicyMismatchError as error:
         return fail(error.exit_code, "policy refused", error)

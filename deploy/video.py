@@ -39,12 +39,12 @@ class EpisodeDrawer:
     on ``camera`` (default: the task's own) and a scratch state."""
 
     def __init__(self, reader: LogReader, camera: str | None = None, size: tuple[int, int] = FRAME_SIZE) -> None:
-        from deploy.replay import simulator
+        from deploy.backends.sim import log_simulator
         from toolkit.video import Renderer
 
         self.reader = reader
         self.camera, self.size = camera, size
-        self.task, self.backend = simulator(reader, None)
+        self.task, self.backend = log_simulator(reader, None)
         self.renderer = Renderer(self.backend.model, camera or self.task.camera, width=size[0], height=size[1])
 
     def frames(self, episode: Episode, on_frame: Callable[[], None] | None = None) -> list[np.ndarray]:

@@ -19,6 +19,7 @@ import tyro
 from robots import TASKS, make_task
 from toolkit.checkpoint import CheckpointError
 from toolkit.config import EnvConfig, TrainConfig
+from toolkit.contract.calibration import CalibrationError, load_calibration
 from toolkit.contract.task import Task
 from toolkit.pql.roles import TrainingError
 from toolkit.pql.trainer import resolve_config, train
@@ -83,9 +84,16 @@ def main(default: TrainConfig, robot_prefix: str, description: str, argv: list[s
         return fail(problem)
     try:
         factory = task_factory(run.env)
-        factory()  # bad task options fail here, with the task's own message
+        task = factory()  # bad task options fail here, with the task's own message
     except (TypeError, ValueError) as error:
         return fail(f"task '{run.env.task}': {error}")
+    if run.env.calibration is not None:  # before the run directory exists
+        try:
+            calibration = load_calibration(run.env.calibration)
+            calibration.check_for(task.robot.name, task.name, task.robot.joint_names)
+        except CalibrationError as error:
+            return fail(f"--calibration refused: {error}")
+        print(f"train: {calibration.summary()}", flush=True)
     try:
         result = train(cfg, factory)
     except (CheckpointError, MemoryError) as error:

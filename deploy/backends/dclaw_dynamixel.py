@@ -3,7 +3,10 @@
 Bus: Protocol 2.0 at 1 Mbaud (U2D2 adapter). Every control step is one GroupSyncRead of the block
 realtime tick (120) .. present position (132, 4 bytes; present velocity 128 on the way) from the
 nine finger servos and the valve servo, and one GroupSyncWrite of goal position (116, 4 bytes)
-to the fingers. Angles: ``ticks = 2048 + rad * 4096 / (2 pi)``.
+to the fingers. Angles: ``ticks = 2048 + sign * (rad + offset) * 4096 / (2 pi)``, with each
+servo's direction sign from the robot spec (``RobotSpec.hardware["joint_signs"]``) and its zero
+offset from a calibration (``deploy.run --calibration``, fitted by ``deploy.calibrate``; 0 without
+one): the angle a servo reports less its offset is the joint's physical angle.
 
 Safety, in order of the life cycle:
 
@@ -86,10 +89,20 @@ class DClawBackend(Backend):
 
     def __init__(self, task: Task, port: str, baud: int = 1_000_000, control_dt: float = 0.1,
                  servo_ids=SERVO_IDS, valve_id: int | None = VALVE_SERVO_ID, reset_speed: float = 0.6,
-                 reset_tolerance: float = 0.08, reset_timeout: float = 10.0, retries: int = 1) -> None:
+                 reset_tolerance: float = 0.08, reset_timeout: float = 10.0, retries: int = 1,
+                 joint_offsets=None, joint_signs=None) -> None:
         super().__init__(task)
         if len(servo_ids) != SPEC.num_joints:
             raise ValueError(f"{len(servo_ids)} servo IDs for the D'Claw's {SPEC.num_joints} joints")
+        j = SPEC.num_joints
+        self.joint_offsets = np.zeros(j) if joint_offsets is None else np.asarray(joint_offsets, dtype=np.float64)
+        self.joint_signs = np.asarray(SPEC.hardware["joint_signs"] if joint_signs is None else joint_signs,
+                                      dtype=np.float64)
+        self.valve_sign = float(SPEC.hardware["valve_sign"])
+        if self.joint_offsets.shape != (j,) or not np.isfinite(self.joint_offsets).all():
+            raise ValueError(f"joint_offsets must be {j} finite angles (rad), got {self.joint_offsets.tolist()}")
+        if self.joint_signs.shape != (j,) or not np.all(np.abs(self.joint_signs) == 1):
+            raise ValueError(f"joint_signs must be {j} values of +1 or -1, got {self.joint_signs.tolist()}")
         self.port_name, self.baud, self.control_dt = port, baud, control_dt
         self.servo_ids = tuple(int(i) for i in servo_ids)
         self.valve_id = valve_id
@@ -212,14 +225,15 @@ class DClawBackend(Backend):
         self.stale_servos = [i for i in self.all_ids if self._last_ticks.get(i) == ticks[i]]
         fresh = bool(self._last_ticks) and not self.stale_servos
         self._last_ticks = ticks
-        joints = dxl.ticks_to_rad([position[i] for i in self.servo_ids])
+        joints = self.joint_signs * dxl.ticks_to_rad([position[i] for i in self.servo_ids]) - self.joint_offsets
         self._last_positions = joints
+        velocities = np.array([velocity[i] for i in self.servo_ids], dtype=np.float64)
         readings = {
             "joint_pos": joints[None, :],
-            "joint_vel": np.array([[velocity[i] * dxl.RAD_S_PER_VELOCITY_UNIT for i in self.servo_ids]]),
+            "joint_vel": (self.joint_signs * velocities * dxl.RAD_S_PER_VELOCITY_UNIT)[None, :],
         }
         if self.valve_id is not None:
-            valve = float(dxl.ticks_to_rad(position[self.valve_id]))
+            valve = self.valve_sign * float(dxl.ticks_to_rad(position[self.valve_id]))
             readings["valve_angle"] = np.array([[(valve + math.pi) % (2 * math.pi) - math.pi]])
         return readings, fresh
 
@@ -320,7 +334,7 @@ class DClawBackend(Backend):
 
     def _send_goals(self, joint_targets: np.ndarray) -> None:
         port = self._require_port()
-        ticks = dxl.rad_to_ticks(joint_targets)
+        ticks = dxl.rad_to_ticks(self.joint_signs * (np.asarray(joint_targets) + self.joint_offsets))
         for servo_id, value in zip(self.servo_ids, ticks, strict=True):
             self._writer.changeParam(servo_id, list(int(value).to_bytes(4, "little")))
         try:
@@ -399,4 +413,5 @@ class DClawBackend(Backend):
     def info(self) -> dict:
         return {"backend": self.name, "port": self.port_name, "baud": self.baud, "servo_ids": list(self.servo_ids),
                 "valve_id": self.valve_id, "reset_speed": self.reset_speed,
-                "reset_tolerance": self.reset_tolerance, "reset_timeout": self.reset_timeout}
+                "reset_tolerance": self.reset_tolerance, "reset_timeout": self.reset_timeout,
+                "joint_offsets": self.joint_offsets.tolist(), "joint_signs": self.joint_signs.tolist()}

@@ -12,18 +12,36 @@ and advances the physics by one control period (the contract's substeps rule). W
 action noise, action latency and observation noise), from the runner's per-env stream: with the
 same seed an episode here is the training env's episode. The values drawn are logged and
 :mod:`deploy.replay` re-applies them.
+
+With a ``calibration`` (``deploy.run --calibration``) the sim is the fitted one: its damping,
+gain and friction scales make the nominal model (DR then scales around it, as in training with
+``--calibration``) and commands reach the actuators ``action_latency`` control steps late. The
+fitted zero offsets belong to the hardware's sensors: the calibrated sim reports physical
+angles, as a calibrated robot does. ``emulate_offsets`` makes it an *uncalibrated* robot with
+those offsets instead (readings ``q + o``, a command ``c`` goes to ``c - o``): the "hardware"
+of the calibration benchmark.
 """
 
 from __future__ import annotations
 
+import json
 import math
+import sys
 
 import mujoco
 import numpy as np
 
 from deploy.backends.base import Backend, Field, ResetResult
+from toolkit.contract.calibration import (
+    Calibration,
+    LatencyLine,
+    calibration_targets,
+    physical_target,
+    reported_angle,
+)
 from toolkit.contract.dr import DomainRandomizer
 from toolkit.contract.model_fields import SingleModelFields
+from toolkit.contract.policy import decode_metadata
 from toolkit.contract.step import substeps
 from toolkit.contract.task import Task
 
@@ -78,14 +96,24 @@ class SimBackend(Backend):
         task: the task whose scene, reset distribution and readings are used.
         control_dt: seconds of simulated time per control step (the policy's).
         randomize: draw the task's DR table per episode, as the training env does.
+        calibration: the fitted sim (see the module docstring); refused for another robot or task.
+        emulate_offsets: behave as an uncalibrated robot with the calibration's zero offsets.
     """
 
     name = "sim"
 
-    def __init__(self, task: Task, control_dt: float, randomize: bool = False) -> None:
+    def __init__(self, task: Task, control_dt: float, randomize: bool = False,
+                 calibration: Calibration | None = None, emulate_offsets: bool = False) -> None:
         super().__init__(task)
+        if calibration is not None:
+            calibration.check_for(task.robot.name, task.name, task.robot.joint_names)
+        elif emulate_offsets:
+            raise ValueError("emulate_offsets needs a calibration (whose offsets are emulated)")
         self.control_dt = control_dt
         self.randomize = randomize
+        self.calibration = calibration
+        self._offsets = calibration.joint_offsets if emulate_offsets else None
+        self._latency: LatencyLine | None = None
         self.model: mujoco.MjModel | None = None
         self.data: mujoco.MjData | None = None
         self._randomizer: DomainRandomizer | None = None
@@ -105,6 +133,10 @@ class SimBackend(Backend):
         self.model, self.data = model, mujoco.MjData(model)
         self.view = DataView(self.data)
         self._actuators = np.asarray(self.task.indices.actuator_ids)
+        if self.calibration is not None:  # before the randomizer: its nominal model is the fitted one
+            self.calibration.apply(SingleModelFields(model), calibration_targets(model, self.task))
+            if self.calibration.action_latency:
+                self._latency = LatencyLine(self.calibration.action_latency, np.zeros((1, len(self._actuators))))
         if self.randomize:
             table = self.task.dr_table()
             if table is None:
@@ -124,8 +156,22 @@ class SimBackend(Backend):
         data.xfrc_applied[:] = 0.0
         mujoco.mj_forward(model, data)
         self._last_time = math.nan
+        joint_targets = data.ctrl[self._actuators].copy()
+        if self._offsets is not None:  # the targets as an uncalibrated robot's servos report them
+            joint_targets = reported_angle(joint_targets, self._offsets)
+        self.start_commands(joint_targets)
         return ResetResult(task_state={k: np.array(v, dtype=np.float64) for k, v in task_state.items()},
-                           joint_targets=data.ctrl[self._actuators].copy(), episode_values=values)
+                           joint_targets=joint_targets, episode_values=values)
+
+    def start_commands(self, joint_targets: np.ndarray) -> None:
+        """An episode's first targets (J,), as commands are sent: the actuators hold them until
+        the first command arrives, ``action_latency`` steps after it is sent (a replay's start)."""
+        targets = np.asarray(joint_targets, dtype=np.float64)
+        if self._offsets is not None:
+            targets = physical_target(targets, self._offsets)
+        self.data.ctrl[self._actuators] = targets
+        if self._latency is not None:
+            self._latency.reset(targets[None])
 
     def apply_randomization(self, values: dict[str, np.ndarray]) -> None:
         """Put the model in the state of logged DR draws (``dr/<name>`` values without the prefix)."""
@@ -135,6 +181,8 @@ class SimBackend(Backend):
 
     def read(self) -> tuple[dict[str, np.ndarray], bool]:
         readings = {k: np.array(v, dtype=np.float64) for k, v in self.task.read(self.view).items()}
+        if self._offsets is not None:
+            readings["joint_pos"] = reported_angle(readings["joint_pos"], self._offsets)
         fresh = self.data.time != self._last_time
         self._last_time = self.data.time
         return readings, fresh
@@ -146,7 +194,12 @@ class SimBackend(Backend):
 
     def advance(self, joint_targets: np.ndarray, applied_forces: np.ndarray | None = None) -> None:
         """One control period with ``joint_targets`` (and, when given, these ``xfrc_applied``
-        (nbody, 6) forces instead of the ones in place): what a replay re-executes."""
+        (nbody, 6) forces instead of the ones in place): what a replay re-executes. The targets
+        pass the calibration's latency line and, when emulated, its offsets."""
+        if self._offsets is not None:
+            joint_targets = physical_target(joint_targets, self._offsets)
+        if self._latency is not None:
+            joint_targets = self._latency.push(np.asarray(joint_targets, dtype=np.float64)[None])[0]
         self.data.ctrl[self._actuators] = joint_targets
         if applied_forces is not None:
             self.data.xfrc_applied[:] = applied_forces
@@ -161,8 +214,11 @@ class SimBackend(Backend):
 
     # --- logging --------------------------------------------------------------------
     def info(self) -> dict:
-        return {"backend": self.name, "timestep": float(self.model.opt.timestep), "substeps": self.substeps,
+        info = {"backend": self.name, "timestep": float(self.model.opt.timestep), "substeps": self.substeps,
                 "randomize": self.randomize, "state_spec": int(STATE_SPEC)}
+        if self.calibration is not None:
+            info.update(calibration=self.calibration.to_dict(), emulate_offsets=self._offsets is not None)
+        return info
 
     def step_fields(self) -> dict[str, Field]:
         m = self.model
@@ -178,3 +234,29 @@ class SimBackend(Backend):
         if self._randomizer is None:
             return {}
         return {f"dr/{k}": Field(v.shape[1:]) for k, v in self._randomizer.flat_values().items()}
+
+
+def log_simulator(reader, episode=None) -> tuple[Task, SimBackend]:
+    """The task's sim as the logged run had it: same task, control period, timestep, and the DR
+    values of ``episode`` (a :class:`deploy.log.Episode`; None: a randomized log's model, ready
+    for any episode's values), and the calibration of a fitted (or uncalibrated-robot) sim's log.
+    ``reader``: an open :class:`deploy.log.LogReader`."""
+    from robots import make_task
+
+    metadata = decode_metadata(json.loads(reader.attrs["policy_metadata"]))
+    task = make_task(metadata.task, **metadata.task_overrides)
+    dr = {} if episode is None else {k[3:]: v for k, v in episode.reset.items() if k.startswith("dr/")}
+    randomized = bool(dr) or (episode is None and bool(reader.attrs.get("randomize", False)))
+    info = json.loads(reader.attrs["backend_info"])
+    calibration = info.get("calibration")  # a calibrated (or uncalibrated-robot) sim's log
+    calibration = None if calibration is None else Calibration.from_dict(calibration, "the log's calibration")
+    backend = SimBackend(task, float(reader.attrs["control_dt"]), randomize=randomized, calibration=calibration,
+                         emulate_offsets=bool(info.get("emulate_offsets", False)))
+    backend.open()
+    logged_timestep = info.get("timestep")
+    if logged_timestep is not None and not np.isclose(logged_timestep, backend.model.opt.timestep):
+        print(f"deploy.replay: warning: the log used a {logged_timestep} s timestep, the model now "
+              f"{backend.model.opt.timestep} s", file=sys.stderr)
+    if dr:
+        backend.apply_randomization(dr)
+    return task, backend

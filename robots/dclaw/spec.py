@@ -21,6 +21,11 @@ JOINT_NAMES = ("FFJ10", "FFJ11", "FFJ12", "MFJ20", "MFJ21", "MFJ22", "THJ30", "T
 SERVO_IDS = (10, 11, 12, 20, 21, 22, 30, 31, 32)
 #: Dynamixel ID of the servo under the valve, read (torque off) for the valve angle.
 VALVE_SERVO_ID = 50
+#: Direction of each joint's servo: +1 where positive ticks turn the joint the model's positive
+#: way (every servo of a ROBEL D'Claw build), -1 for a servo mounted mirrored.
+JOINT_SIGNS = (1,) * 9
+#: Direction of the valve servo's reading.
+VALVE_SIGN = 1
 
 _FINGER_LOW = (-0.48, -math.pi / 3, -math.pi / 2)
 _FINGER_HIGH = (0.48, math.pi / 3, math.pi / 2)
@@ -41,5 +46,6 @@ SPEC = RobotSpec(
     action_scale=np.full(9, 0.15),
     control_dt=CONTROL_DT,
     max_joint_speed=3.0,
-    hardware={"servo_ids": SERVO_IDS, "valve_servo_id": VALVE_SERVO_ID},
+    hardware={"servo_ids": SERVO_IDS, "valve_servo_id": VALVE_SERVO_ID, "joint_signs": JOINT_SIGNS,
+              "valve_sign": VALVE_SIGN},
 )

@@ -51,6 +51,7 @@ from gymnasium.vector import AutoresetMode, VectorEnv
 
 from toolkit.config import EnvConfig
 from toolkit.contract import step as task_step
+from toolkit.contract.calibration import LatencyLine, calibration_targets, load_calibration
 from toolkit.contract.dr import DomainRandomizer
 from toolkit.contract.rng import EnvStreams, env_seeds
 from toolkit.contract.task import Task
@@ -99,6 +100,17 @@ class VecEnv(VectorEnv):
         #: One random stream per env (resets, DR values, DR noise).
         self.streams = EnvStreams(n, self.joint_targets)
         self.streams.seed(env_seeds(cfg.seed, n))
+        #: The calibration (``cfg.calibration``) whose fitted scales are the nominal model (applied
+        #: before the randomizer takes its nominal values: DR scales around the fit), and whose
+        #: action latency delays the joint targets on their way to the actuators.
+        self.calibration = None
+        self._latency: LatencyLine | None = None
+        if cfg.calibration is not None:
+            self.calibration = load_calibration(cfg.calibration)
+            self.calibration.check_for(robot.name, task.name, robot.joint_names)
+            self.calibration.apply(self.sim, calibration_targets(model, task))
+            if self.calibration.action_latency:
+                self._latency = LatencyLine(self.calibration.action_latency, self.joint_targets)
         table = task.dr_table() if cfg.randomize else None
         if cfg.randomize and table is None:
             raise ValueError(f"task '{task.name}' has no domain-randomization table; run without randomize")
@@ -154,7 +166,8 @@ class VecEnv(VectorEnv):
         task, sim = self.task, self.sim
         self.joint_targets = task_step.next_joint_targets(self.joint_targets, action, self.action_scale,
                                                           self.joint_low, self.joint_high, self.dr, self.rand)
-        sim.ctrl[:, self._actuators] = self.joint_targets.to(sim.ctrl.dtype)
+        acting = self.joint_targets if self._latency is None else self._latency.push(self.joint_targets)
+        sim.ctrl[:, self._actuators] = acting.to(sim.ctrl.dtype)
         if self.dr is not None:
             self.dr.push(sim.xfrc_applied, self.rand)
         sim.step(self.substeps)
@@ -279,6 +292,8 @@ class VecEnv(VectorEnv):
         sim.xfrc_applied[ids] = 0.0
         sim.forward(ids)
         self.joint_targets[ids] = sim.ctrl[ids][:, self._actuators].to(self.joint_targets.dtype)
+        if self._latency is not None:
+            self._latency.reset(self.joint_targets[ids], ids)
         self.last_action[ids] = 0.0
         self.episode_step[ids] = 0
         self.episode_return[ids] = 0.0

@@ -23,6 +23,7 @@ import yaml
 import toolkit
 from toolkit.checkpoint import CheckpointError, load_checkpoint, save_checkpoint
 from toolkit.config import PlacementKind, TrainConfig, from_dict, to_dict
+from toolkit.contract.calibration import CalibrationError, load_calibration
 from toolkit.contract.task import Task
 from toolkit.envs.vec_env import VecEnv
 from toolkit.logging import RunLogger, progress_detail
@@ -45,6 +46,8 @@ from toolkit.progress import TrainingProgress
 
 #: Evaluation envs are seeded ``seed + EVAL_SEED_OFFSET``: episodes no training env ever saw.
 EVAL_SEED_OFFSET = 10_000
+#: config.yaml's record of the calibration a run trained with (not an option).
+CALIBRATION_KEY = "calibration_used"
 
 
 @dataclass
@@ -67,8 +70,10 @@ def resolve_config(cfg: TrainConfig) -> TrainConfig:
     if not config_path.is_file():
         raise CheckpointError(f"cannot resume: '{cfg.resume}' has no config.yaml (is it a run directory?)")
     try:
-        saved = from_dict(TrainConfig, yaml.safe_load(config_path.read_text()))
-    except (ValueError, TypeError, yaml.YAMLError) as error:
+        saved = yaml.safe_load(config_path.read_text())
+        saved.pop(CALIBRATION_KEY, None)  # a record of the calibration, not an option
+        saved = from_dict(TrainConfig, saved)
+    except (ValueError, TypeError, AttributeError, yaml.YAMLError) as error:
         raise CheckpointError(f"cannot resume: {config_path} is unreadable: {error}") from error
     return saved.resumed_with(cfg, str(cfg.resume))
 
@@ -88,6 +93,32 @@ def prepare_run(cfg: TrainConfig) -> tuple[TrainConfig, Path, dict | None]:
     cfg = dataclasses.replace(cfg, run_dir=str(run_dir))
     (run_dir / "config.yaml").write_text(yaml.safe_dump(to_dict(cfg), sort_keys=False))
     return cfg, run_dir, None
+
+
+def calibration_used(cfg: TrainConfig, task: Task, checkpoint: dict | None) -> dict:
+    """The summary (hash, file, robot, task, values) of ``cfg.env.calibration``, checked for
+    ``task``; ``{}`` without one. On resume the file must still hold what the run trained with."""
+    if cfg.env.calibration is None:
+        return {}
+    try:
+        calibration = load_calibration(cfg.env.calibration)
+        calibration.check_for(task.robot.name, task.name, task.robot.joint_names)
+    except CalibrationError as error:
+        raise CheckpointError(f"--calibration: {error}") from None
+    used = calibration.describe(cfg.env.calibration)
+    recorded = (checkpoint or {}).get("calibration") or {}
+    if recorded and recorded.get("hash") != used["hash"]:
+        raise CheckpointError(f"cannot resume: the run trained with calibration {recorded.get('hash')}, but "
+                              f"{cfg.env.calibration} now holds {used['hash']}: restore the file, or start a new run")
+    return used
+
+
+def record_calibration(run_dir: Path, calibration: dict) -> None:
+    """Add the calibration's summary to the run's config.yaml (key ``calibration_used``)."""
+    path = run_dir / "config.yaml"
+    saved = yaml.safe_load(path.read_text())
+    saved[CALIBRATION_KEY] = calibration
+    path.write_text(yaml.safe_dump(saved, sort_keys=False))
 
 
 def initial_role_states(cfg: TrainConfig, dims: Dims, checkpoint: dict | None) -> dict[Role, dict | None]:
@@ -149,11 +180,13 @@ class Trainer:
             checkpoints).
         make_task: a picklable callable returning the task (it crosses into role processes),
             e.g. ``functools.partial(robots.make_task, name, **overrides)``.
-        calibration: a summary of the calibration the model was centred on (hash, file, values),
-            recorded likewise; ``{}`` for none.
+
+    ``cfg.env.calibration`` (a file of ``deploy.calibrate``) makes the fitted model the nominal one
+    (the envs apply it; DR scales around it); its hash, file and values go into config.yaml
+    (``calibration_used``), every checkpoint and so the exported policy's metadata.
     """
 
-    def __init__(self, cfg: TrainConfig, make_task: Callable[[], Task], calibration: dict | None = None) -> None:
+    def __init__(self, cfg: TrainConfig, make_task: Callable[[], Task]) -> None:
         self.cfg, self.run_dir, checkpoint = prepare_run(cfg)
         cfg = self.cfg
         self.make_task = make_task
@@ -162,7 +195,9 @@ class Trainer:
             raise ValueError(f"the task factory builds '{self.task.name}' but the config names '{cfg.env.task}'")
         # What make_task applies (--task-options), recorded in checkpoints and so in exported policies.
         self.task_overrides = cfg.env.task_overrides()
-        self.calibration = dict(calibration or {})
+        self.calibration = calibration_used(self.cfg, self.task, checkpoint)
+        if self.calibration and checkpoint is None:
+            record_calibration(self.run_dir, self.calibration)
         self.dims = Dims.of(self.task)
         self.gate = RatioGate.for_config(cfg.pql)
         # A Ray run's learners keep their own rings: none here.
