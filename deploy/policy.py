@@ -16,6 +16,7 @@ import numpy as np
 import onnx
 import onnxruntime as ort
 
+from deploy.errors import Interrupted
 from toolkit.contract.policy import PolicyError, PolicyMetadata, decode_entries
 
 
@@ -90,6 +91,8 @@ class OnnxPolicy:
             raise PolicyError(f"observation contains NaN or inf in rows {rows[:10].tolist()}, fields {names}")
         try:
             (action,) = self.session.run([self.output_name], {self.input_name: x})
+        except Interrupted:  # a signal that arrived during inference is not the policy's failure
+            raise
         except Exception as error:  # onnxruntime raises its own exception types
             raise PolicyError(f"{self.source}: onnxruntime failed: {error}") from error
         if action.shape != (x.shape[0], action_size) or not np.isfinite(action).all():

@@ -38,7 +38,6 @@ from typing import Literal
 import numpy as np
 import tyro
 
-from deploy.backends.sim import log_simulator
 from deploy.log import Episode, LogFormatError, LogReader
 
 
@@ -85,7 +84,7 @@ def replay_state(reader: LogReader, episode: Episode) -> ReplayReport:
     """Recompute every logged observation (from the physics state, or else the readings)."""
     import mujoco
 
-    from deploy.backends.sim import STATE_SPEC, settle_derived
+    from deploy.backends.sim import STATE_SPEC, log_simulator, settle_derived
 
     task, backend = log_simulator(reader, episode)
     steps = episode.steps
@@ -119,7 +118,7 @@ def replay_actions(reader: LogReader, episode: Episode, on_step=None) -> ReplayR
     (the video draws it there)."""
     import mujoco
 
-    from deploy.backends.sim import STATE_SPEC, settle_derived
+    from deploy.backends.sim import STATE_SPEC, log_simulator, settle_derived
 
     task, backend = log_simulator(reader, episode)
     model, data = backend.model, backend.data

@@ -116,6 +116,32 @@ def test_bad_observations_are_refused(policy_file, obs, message):
         load_policy(policy_file[0])(obs)
 
 
+def test_a_signal_during_inference_stays_an_interruption(policy_file):
+    """deploy.run turns SIGTERM/SIGHUP into Interrupted, which can surface inside onnxruntime's
+    call: it must reach the runner as the signal (exit 128 + signum), not as a policy failure."""
+    import signal
+
+    from deploy.errors import Interrupted
+
+    policy = load_policy(policy_file[0])
+    session = policy.session
+
+    class SignalledSession:
+        def __init__(self, error):
+            self.error = error
+
+        def run(self, outputs, feeds):
+            session.run(outputs, feeds)
+            raise self.error
+
+    policy.session = SignalledSession(Interrupted(signal.SIGHUP))
+    with pytest.raises(Interrupted, match="SIGHUP"):
+        policy(np.zeros((1, LAYOUT.size)))
+    policy.session = SignalledSession(RuntimeError("provider lost"))
+    with pytest.raises(PolicyError, match="onnxruntime failed: provider lost"):
+        policy(np.zeros((1, LAYOUT.size)))
+
+
 def test_non_finite_action_is_refused(tmp_path):
     write_policy(tmp_path / "nan.onnx", weight_fill=np.nan)
     with pytest.raises(PolicyError, match="non-finite"):
