@@ -294,7 +294,8 @@ for step in "${STEPS[@]:1}"; do
                 "${SIM[@]}" --placement "$placement" --run-dir "$RUNS/dclaw-$placement" "${LOGGING[@]}" ;;
         test_cuda)
             ((DRY)) && STEP_NOTE="dry run: no CUDA device, the tests skip"
-            run_step "$step" pytest 180 "" "$PY" -m pytest -q -p no:cacheprovider tests/toolkit/pql/test_cuda.py ;;
+            run_step "$step" pytest 180 "" "$PY" -m pytest -q -p no:cacheprovider -o addopts=-ra \
+                tests/toolkit/pql/test_cuda.py ;;
         learner_throughput_compile)
             ((CUDA_OK)) || { skip "$step" "$NO_CUDA"; continue; }
             ((DRY)) && STEP_NOTE="dry run: TORCH_COMPILE_DISABLE=1, torch.compile is a no-op"

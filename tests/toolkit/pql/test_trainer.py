@@ -37,7 +37,7 @@ def test_checkpoint_then_resume_restores_weights_counters_and_optimizers(tiny_co
     checkpoint = load_checkpoint(result.run_dir)
     assert checkpoint["counters"]["v_updates"] > 0 and checkpoint["counters"]["p_updates"] > 0
 
-    resumed = trainer(tiny_config(resume=str(result.run_dir), run_dir=None))
+    resumed = trainer(tiny_config(resume=str(result.run_dir), run_dir=None, max_time_s=2.0))
     for key in ("actor_steps", "env_steps", "v_updates", "p_updates"):
         assert resumed.counters()[key] == checkpoint["counters"][key], key
 
@@ -70,16 +70,16 @@ def test_resume_takes_the_saved_config_with_this_invocations_placement_stop_and_
     saved = load_checkpoint(first.run_dir)["counters"]
     saved_wall = saved["wall_time_s"]
     # Another num_envs and seed on the command line do not change what the run is...
-    cfg = tiny_config(resume=str(first.run_dir), run_dir=None, num_envs=3, seed=1, max_time_s=12.0,
+    cfg = tiny_config(resume=str(first.run_dir), run_dir=None, num_envs=3, seed=1, max_time_s=6.0,
                       placement=PlacementKind.process)
     resumed = trainer(cfg)
     assert (resumed.cfg.env.num_envs, resumed.cfg.env.seed) == (8, 7)
     assert resumed.cfg.env.task_options == ("episode_steps=20",)
     # ... but placement, stop and log are this invocation's: a process-mode continuation.
-    assert resumed.cfg.placement.placement is PlacementKind.process and resumed.cfg.stop.max_time_s == 12.0
+    assert resumed.cfg.placement.placement is PlacementKind.process and resumed.cfg.stop.max_time_s == 6.0
     result = resumed.run()
     checkpoint = load_checkpoint(result.run_dir)
-    assert checkpoint["counters"]["wall_time_s"] >= saved_wall + 12.0  # wall time carried over and grown
+    assert checkpoint["counters"]["wall_time_s"] >= saved_wall + 6.0  # wall time carried over and grown
     assert checkpoint["counters"]["env_steps"] > saved["env_steps"]  # the process-mode roles did work
     walls = [r["wall_time_s"] for r in _records(result.run_dir)]
     assert walls == sorted(walls) and walls[-1] >= checkpoint["counters"]["wall_time_s"]
@@ -199,7 +199,7 @@ def _start_cli(run_dir: Path) -> subprocess.Popen:
     command = [sys.executable, "-m", "train.dclaw", "--task", "dclaw-pose", "--num-envs", "4", "--max-time-s", "300",
                "--run-dir", str(run_dir), "--pql.actor-hidden", "16", "--pql.critic-hidden", "16",
                "--pql.batch-size", "32", "--pql.replay-size", "5000", "--log.no-tensorboard",
-               "--log.checkpoint-interval-s", "1000"]
+               "--log.checkpoint-interval-s", "1000", "--log.log-interval-s", "1"]
     return subprocess.Popen(command, cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
 
 
