@@ -50,8 +50,10 @@ def _gone(pid: int, timeout_s: float = 15.0) -> bool:
 def test_ray_run_writes_the_process_mode_outputs_and_holds_the_ratios(local_ray, tiny_config, tmp_path):
     pql = PQLConfig(actor_hidden=(32, 32), critic_hidden=(32, 32), batch_size=64, replay_size=20_000,
                     warmup_steps=4, critic_updates_per_actor_step=8, critic_updates_per_policy_update=2)
-    # About 60 actor steps after warm-up: the gates' slack (2 steps) is a few % of that.
-    result = train(tiny_config(placement=RAY, max_time_s=300.0, max_env_steps=8 * 64, pql=pql))
+    # About 36 actor steps after warm-up: the gates' slack (2 steps) is a few % of that. Counted
+    # in env steps; the time limit only guards against a hang (on an oversubscribed machine the
+    # coordinator's round trips slow Ray runs many times more than the process placement).
+    result = train(tiny_config(placement=RAY, max_time_s=900.0, max_env_steps=8 * 40, pql=pql))
     assert result.stop_reason == "max_env_steps"
     run_dir = result.run_dir
     assert (run_dir / "config.yaml").is_file()
@@ -64,7 +66,7 @@ def test_ray_run_writes_the_process_mode_outputs_and_holds_the_ratios(local_ray,
     last = records[-1]
     assert last["critic_per_actor_step"] == pytest.approx(8, rel=0.1)
     assert last["critic_per_policy_update"] == pytest.approx(2, rel=0.1)
-    assert last["v_updates"] > 300 and math.isfinite(last["critic_loss"]) and math.isfinite(last["actor_loss"])
+    assert last["v_updates"] > 200 and math.isfinite(last["critic_loss"]) and math.isfinite(last["actor_loss"])
     assert "eval_success" in last
 
     # The final checkpoint is one consistent snapshot of the three roles' states and counters.
