@@ -33,6 +33,7 @@ from __future__ import annotations
 import contextlib
 import gc
 import os
+import signal
 import sys
 import time
 from collections.abc import Callable
@@ -49,6 +50,9 @@ from toolkit.contract.robot import RobotSpec, clamp_joint_command
 from toolkit.contract.step import next_joint_targets, observed_readings, task_step
 from toolkit.contract.task import Task
 
+#: Signals that stop a run (deploy.run turns them into exceptions); deferred while a step's log row
+#: and the step count change together, so an episode's recorded outcome counts every row it logged.
+STOP_SIGNALS = frozenset({signal.SIGINT, signal.SIGTERM, signal.SIGHUP})
 TIMING_FIELDS = ("period", "lateness", "read_latency", "policy_latency", "write_latency", "compute")
 
 
@@ -364,17 +368,22 @@ class Runner:
                     timing[name][k] = value
                 if log is not None:
                     log.check()
-                    log.append(index, {
-                        "obs": obs[0], "actions": action[0], "joint_targets": command[0],
-                        "time": np.float64((start - t0) * 1e-9), "timing/overrun": np.int8(overrun),
-                        **{f"timing/{n}": np.float64(v) for n, v in step_timing.items()},
-                        **{f"readings/{n}": v[0] for n, v in readings.items()},
-                        **({f"observed_readings/{n}": seen[n][0] for n in task.noisy_readings} if noisy else {}),
-                        **{f"task_state/{n}": v[0].copy() for n, v in task_state.items()},
-                        **state,
-                    })
-                targets, last_action = command, action64
-                steps = k + 1
+                deferred = signal.pthread_sigmask(signal.SIG_BLOCK, STOP_SIGNALS)
+                try:
+                    if log is not None:
+                        log.append(index, {
+                            "obs": obs[0], "actions": action[0], "joint_targets": command[0],
+                            "time": np.float64((start - t0) * 1e-9), "timing/overrun": np.int8(overrun),
+                            **{f"timing/{n}": np.float64(v) for n, v in step_timing.items()},
+                            **{f"readings/{n}": v[0] for n, v in readings.items()},
+                            **({f"observed_readings/{n}": seen[n][0] for n in task.noisy_readings} if noisy else {}),
+                            **{f"task_state/{n}": v[0].copy() for n, v in task_state.items()},
+                            **state,
+                            })
+                    targets, last_action = command, action64
+                    steps = k + 1
+                finally:
+                    signal.pthread_sigmask(signal.SIG_SETMASK, deferred)
                 if consecutive >= self.cfg.max_overruns:
                     raise WatchdogOverrun(
                         f"{consecutive} consecutive control steps overran their {self.control_dt * 1e3:.1f} ms period "
