@@ -94,3 +94,35 @@ class Interrupted(DeployError):
         self.signum = signum
         # Shell convention: 128 + signal number (130 for SIGINT, 143 for SIGTERM).
         self.exit_code = 128 + signum
+
+
+class StopSignalGate:
+    """Where a stop signal's :class:`Interrupted` is raised: at once, or, inside ``with
+    STOP_SIGNAL_GATE:``, when the block ends. The runner logs a step's row and counts the step
+    inside one, so an episode's recorded outcome counts every row it logged. (Masking the signal
+    would not do: another thread, such as the log queue's feeder, receives it and Python then runs
+    the handler in the main thread anyway.)"""
+
+    def __init__(self) -> None:
+        self.deferring = False
+        self.pending: int | None = None
+
+    def interrupt(self, signum: int) -> None:
+        """The signal handler's body (deploy.run installs it)."""
+        if self.deferring:
+            self.pending = signum
+        else:
+            raise Interrupted(signum)
+
+    def __enter__(self) -> None:
+        self.deferring = True
+
+    def __exit__(self, kind, error, trace) -> None:
+        self.deferring = False
+        signum, self.pending = self.pending, None
+        if signum is not None and kind is None:
+            raise Interrupted(signum)
+
+
+#: Signal handlers are process-wide, and so is their gate.
+STOP_SIGNAL_GATE = StopSignalGate()

@@ -31,7 +31,7 @@ import tyro
 
 import toolkit
 from deploy.backends.base import Backend
-from deploy.errors import DeployError, ExitCode, Interrupted, LogError, PolicyMismatchError
+from deploy.errors import STOP_SIGNAL_GATE, DeployError, ExitCode, LogError, PolicyMismatchError
 from deploy.log import LogWriter
 from deploy.policy import load_policy
 from deploy.runner import EpisodeResult, Runner, RunnerConfig, check_policy
@@ -119,7 +119,7 @@ def signals_as_exceptions():
     (torque off, log close) run on Ctrl-C, ``kill`` and a closed terminal alike."""
 
     def handler(signum, frame):
-        raise Interrupted(signum)
+        STOP_SIGNAL_GATE.interrupt(signum)
 
     signals = [signal.SIGINT, signal.SIGTERM, signal.SIGHUP]
     previous = {s: signal.signal(s, handler) for s in signals}

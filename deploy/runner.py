@@ -33,7 +33,6 @@ from __future__ import annotations
 import contextlib
 import gc
 import os
-import signal
 import sys
 import time
 from collections.abc import Callable
@@ -42,7 +41,15 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from deploy.backends.base import Backend, Field
-from deploy.errors import DeployError, ExitCode, NonFiniteError, PolicyMismatchError, StaleSensorData, WatchdogOverrun
+from deploy.errors import (
+    STOP_SIGNAL_GATE,
+    DeployError,
+    ExitCode,
+    NonFiniteError,
+    PolicyMismatchError,
+    StaleSensorData,
+    WatchdogOverrun,
+)
 from deploy.log import LogWriter
 from toolkit.contract.policy import PolicyError, mismatches
 from toolkit.contract.rng import EnvStreams, env_seeds
@@ -50,9 +57,6 @@ from toolkit.contract.robot import RobotSpec, clamp_joint_command
 from toolkit.contract.step import next_joint_targets, observed_readings, task_step
 from toolkit.contract.task import Task
 
-#: Signals that stop a run (deploy.run turns them into exceptions); deferred while a step's log row
-#: and the step count change together, so an episode's recorded outcome counts every row it logged.
-STOP_SIGNALS = frozenset({signal.SIGINT, signal.SIGTERM, signal.SIGHUP})
 TIMING_FIELDS = ("period", "lateness", "read_latency", "policy_latency", "write_latency", "compute")
 
 
@@ -368,8 +372,7 @@ class Runner:
                     timing[name][k] = value
                 if log is not None:
                     log.check()
-                deferred = signal.pthread_sigmask(signal.SIG_BLOCK, STOP_SIGNALS)
-                try:
+                with STOP_SIGNAL_GATE:  # a stop signal waits until the row is logged and counted
                     if log is not None:
                         log.append(index, {
                             "obs": obs[0], "actions": action[0], "joint_targets": command[0],
@@ -382,8 +385,6 @@ class Runner:
                             })
                     targets, last_action = command, action64
                     steps = k + 1
-                finally:
-                    signal.pthread_sigmask(signal.SIG_SETMASK, deferred)
                 if consecutive >= self.cfg.max_overruns:
                     raise WatchdogOverrun(
                         f"{consecutive} consecutive control steps overran their {self.control_dt * 1e3:.1f} ms period "

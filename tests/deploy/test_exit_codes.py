@@ -106,3 +106,24 @@ def test_usage_errors_exit_2_naming_the_problem(make_policy, tmp_path, capsys):
         with pytest.raises(SystemExit) as exited:
             cli(argv)
         assert exited.value.code == ExitCode.USAGE, argv
+
+
+def test_a_stop_signal_inside_the_step_gate_is_raised_when_the_block_ends():
+    """The runner logs a step's row and counts the step inside STOP_SIGNAL_GATE: a SIGTERM that
+    arrives in between is raised after both, never between them; outside the gate, at once."""
+    from deploy.errors import STOP_SIGNAL_GATE, Interrupted
+    from deploy.run import signals_as_exceptions
+
+    done = []
+    with signals_as_exceptions():
+        with pytest.raises(Interrupted, match="SIGTERM"):
+            with STOP_SIGNAL_GATE:
+                os.kill(os.getpid(), signal.SIGTERM)
+                time.sleep(0.05)  # the handler has run by now, and deferred
+                done.append("row logged and counted")
+        assert done == ["row logged and counted"]
+        with pytest.raises(Interrupted, match="SIGHUP"):
+            os.kill(os.getpid(), signal.SIGHUP)
+            time.sleep(0.05)
+            done.append("never")
+    assert done == ["row logged and counted"] and STOP_SIGNAL_GATE.pending is None
