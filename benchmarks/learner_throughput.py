@@ -48,12 +48,13 @@ import torch
 import tyro
 
 from robots import TASKS, make_task
-from toolkit.config import PQLConfig
+from toolkit.config import PQLConfig, TrainConfig
 from toolkit.pql.learner import Learner
 from toolkit.pql.p_learner import PLearner
 from toolkit.pql.roles import Dims, make_normalizers, make_shared_state
 from toolkit.pql.shared import Counter, ParamBoard, SharedState, module_tensors
 from toolkit.pql.v_learner import VLearner
+from train.common import PRESETS
 
 PROG = "python -m benchmarks.learner_throughput"
 #: The pieces of Learner.work() the breakdown times, in order.
@@ -127,7 +128,8 @@ def check_args(args: Args) -> torch.device:
 
 
 def pql_config(args: Args, device: torch.device) -> PQLConfig:
-    per_actor_step = args.critic_updates_per_actor_step or (8 if device.type == "cuda" else 2)
+    preset = PRESETS["gpu" if device.type == "cuda" else "cpu"](TrainConfig()).pql
+    per_actor_step = args.critic_updates_per_actor_step or preset.critic_updates_per_actor_step
     return PQLConfig(actor_hidden=tuple(args.hidden), critic_hidden=tuple(args.hidden), batch_size=args.batch_size,
                      replay_size=args.replay_size, compile=args.compile, bf16=args.bf16,
                      torch_threads=args.torch_threads, learner_device=str(device),

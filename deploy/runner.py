@@ -382,7 +382,7 @@ class Runner:
                             **({f"observed_readings/{n}": seen[n][0] for n in task.noisy_readings} if noisy else {}),
                             **{f"task_state/{n}": v[0].copy() for n, v in task_state.items()},
                             **state,
-                            })
+                        })
                     targets, last_action = command, action64
                     steps = k + 1
                 if consecutive >= self.cfg.max_overruns:
