@@ -25,7 +25,7 @@ the latency exact, and a divergence ratio (before / after) >= 5.
 JSON keys: hidden, fitted (the values), scale_rel_errors (name -> |fitted / hidden - 1|),
 max_scale_rel_error, offset_abs_errors (joint -> rad), max_offset_abs_error, latency_hidden,
 latency_fitted, latency_exact, divergence_before, divergence_after, divergence_ratio, at_bounds,
-generations, episodes, steps, fit_s, total_s, goals, met, quick.
+generations, polish_iterations, episodes, steps, fit_s, total_s, goals, met, quick.
 """
 
 from __future__ import annotations
@@ -66,7 +66,9 @@ class Args:
     """CI's size: hidden damping, offsets and latency; a shared damping scale, offsets and latency fitted from the
     excitation log alone."""
     generations: int | None = None
-    """CMA-ES generations (default: 150, or 80 with --quick)."""
+    """CMA-ES generations (default: 150, or 40 with --quick)."""
+    polish_iterations: int = 20
+    """Least-squares polish iterations after CMA-ES (deploy.calibrate --polish-iterations)."""
     max_fit_s: float = 150.0
     """Stop the fit after this many seconds (at the end of a generation)."""
     policy_episodes: int = 1
@@ -176,7 +178,7 @@ def run(args: Args) -> dict:
 
     started = time.monotonic()
     hidden = hidden_calibration(args.quick)
-    generations = args.generations or (80 if args.quick else 150)
+    generations = args.generations or (40 if args.quick else 150)
     with tempfile.TemporaryDirectory(prefix="calibration-recovery-") as tmp:
         tmp = Path(tmp)
         logs = [record_excitation_log(tmp / "excitation.h5", hidden, 60 if args.quick else args.excitation_steps,
@@ -189,10 +191,11 @@ def run(args: Args) -> dict:
             ("offsets", "damping", "gain", "friction_loss", "object_friction")
         space = ParameterSpace.for_task(task, groups, shared=args.quick)
         fit_started = time.monotonic()
-        with CountProgress("generations", generations, stream=sys.stderr) as progress:
+        with CountProgress("generations + polish iterations", generations + args.polish_iterations,
+                           stream=sys.stderr) as progress:
             result = fit(task, episodes, control_dt, space, latency_candidates(task, True, None),
-                         generations=generations, seed=args.seed, nthread=args.threads, progress=progress,
-                         max_time_s=args.max_fit_s)
+                         generations=generations, polish_iterations=args.polish_iterations, seed=args.seed,
+                         nthread=args.threads, progress=progress, max_time_s=args.max_fit_s)
         fit_s = time.monotonic() - fit_started
     before, after = result.divergence_before["total"], result.divergence_after["total"]
     out = {
@@ -205,6 +208,7 @@ def run(args: Args) -> dict:
         "divergence_ratio": before / after if after > 0 else float("inf"),
         "at_bounds": result.at_bounds,
         "generations": result.generations,
+        "polish_iterations": result.polish_iterations,
         "episodes": [ep.source.split("/")[-1] for ep in episodes],
         "steps": int(sum(ep.steps for ep in episodes)),
         "fit_s": round(fit_s, 1),

@@ -21,6 +21,14 @@ an integer and is raced exactly: a candidate's fitness is its best divergence ov
 values, which all run in the same batch; after ``--latency-race`` generations only the latency
 with the best divergence so far stays (the final values are re-checked at every latency).
 
+CMA-ES searches with one damping and one gain scale for all joints; a least-squares polish
+(``scipy.optimize.least_squares``, ``--polish-iterations``) then refines every parameter, the
+per-joint scales included, from CMA-ES's best. Its Jacobian is finite differences, every
+perturbed candidate in one batched simulation. CMA-ES finds the basin from a nominal start;
+the polish converges inside it in a few iterations, where CMA-ES would need hundreds of
+generations for the ill-conditioned part: the friction loss trades off against the damping
+and gain scales (its dead band is friction loss / kp).
+
 Search bounds: the robot's DR table ranges (``toolkit.contract.dr.DRTable``; the D'Claw's is
 ``robots.dclaw.turn.DR``), widened by ``--bound-widening`` on each side, since a real robot may lie
 outside what training randomized (the D'Claw's gain range 0.75-1.5 widened by 1.5 is 0.5-2.25):
@@ -73,6 +81,11 @@ MIN_STEPS = 10
 MIN_IMPROVEMENT = 0.01
 #: A normalised parameter within this distance of 0 or 1 is reported as at its bound.
 AT_BOUND = 0.005
+#: Forward-difference step of the polish's Jacobian in the unit search box (1 % of each range): a secant wide
+#: enough to step over the small-scale roughness contacts give the residuals (a finger on the valve).
+FD_STEP = 1e-2
+#: Share of ``max_time_s`` kept for the polish: CMA-ES stops at the rest.
+POLISH_TIME_SHARE = 0.25
 #: Parameter groups, in the order of the search vector.
 GROUPS = ("offsets", "damping", "gain", "friction_loss", "object_friction")
 
@@ -133,6 +146,9 @@ class Args:
     """Largest latency candidate in control steps (default: the DR table's max_action_latency + 1)."""
     latency_race: int = 8
     """Generations during which every latency candidate runs; then only the best so far continues."""
+    polish_iterations: int = 20
+    """Least-squares iterations after CMA-ES, over every parameter at CMA-ES's latency (scipy's least_squares; a
+    Jacobian by finite differences is one batched simulation); 0: none."""
     threads: int = 0
     """Physics threads of the batched simulator (0: all CPUs)."""
     force: bool = False
@@ -597,18 +613,28 @@ class OpenLoopSimulator:
         shape = (self.num_candidates, len(self.latencies), len(self.episodes), t_max)
         return {name: value.reshape(*shape, value.shape[-1]) for name, value in out.items()}
 
-    def errors(self, simulated: dict[str, np.ndarray]) -> np.ndarray:
-        """Squared differences summed over each episode's steps, (P, L, E, C) over the compared
-        channels (joints, then each object reading's components); angles wrapped."""
-        sums = []
+    def _differences(self, simulated: dict[str, np.ndarray]) -> list[np.ndarray]:
+        """Simulated less logged readings, each (P, L, E, T, k), angles wrapped, 0 past an episode's end."""
+        out = []
         for name in self.names:
             diff = simulated[name] - self._logged[name]
             if is_angle(name):
                 diff = wrap(diff)
-            diff = np.where(self._valid[None, None, :, :, None], diff, 0.0)
-            sums.append(np.sum(diff * diff, axis=3))
-        out = np.concatenate(sums, axis=-1)
+            out.append(np.where(self._valid[None, None, :, :, None], diff, 0.0))
+        return out
+
+    def errors(self, simulated: dict[str, np.ndarray]) -> np.ndarray:
+        """Squared differences summed over each episode's steps, (P, L, E, C) over the compared
+        channels (joints, then each object reading's components); angles wrapped."""
+        out = np.concatenate([np.sum(diff * diff, axis=3) for diff in self._differences(simulated)], axis=-1)
         return np.where(np.isfinite(out), out, np.inf)
+
+    def residuals(self, simulated: dict[str, np.ndarray]) -> np.ndarray:
+        """Every compared difference of every real step as one vector per candidate and latency,
+        (P, L, R): the divergence is their RMS."""
+        p, lat = self.num_candidates, len(self.latencies)
+        return np.concatenate([diff[:, :, self._valid].reshape(p, lat, -1) for diff in self._differences(simulated)],
+                              axis=-1)
 
     def channel_names(self) -> list[str]:
         names = []
@@ -644,6 +670,7 @@ class FitResult:
     history: list[dict]
     elapsed_s: float
     generations: int
+    polish_iterations: int
     parameter_names: list[str]
     channel_names: list[str]
 
@@ -780,47 +807,113 @@ def _cma_stage(task: Task, episodes: Sequence[EpisodeData], control_dt: float, s
     return best
 
 
+class _StopPolish(Exception):
+    """The polish's time or iterations are up (raised in its residual or Jacobian call, caught around the solver)."""
+
+
+def _polish(task: Task, episodes: Sequence[EpisodeData], control_dt: float, space: ParameterSpace,
+            start_u: np.ndarray, latency: int, *, iterations: int, deadline: float | None, nthread: int, progress,
+            history: list[dict], first_generation: int) -> _StageResult:
+    """Least squares on the residuals (every compared difference, :meth:`OpenLoopSimulator.residuals`)
+    from ``start_u`` at one latency: scipy's trust-region reflective solver, bounded to the unit box.
+
+    The Jacobian is forward differences of :data:`FD_STEP`: the ``dim`` perturbed candidates run
+    in one batched simulation, so an iteration costs about one CMA-ES generation. Near the optimum
+    the problem is a smooth least-squares problem, which a Gauss-Newton step solves in a few
+    iterations where CMA-ES needs hundreds of generations (the per-joint scales, and the friction
+    loss, which trades off against the damping and gain scales: the dead band is its ratio to kp).
+    """
+    from scipy.optimize import least_squares
+
+    started = time.monotonic()
+    single = OpenLoopSimulator(task, episodes, 1, [latency], control_dt, nthread)
+    perturbed = OpenLoopSimulator(task, episodes, space.dim, [latency], control_dt, nthread)
+    best = _StageResult("polish", np.clip(start_u, 0.0, 1.0), latency, math.inf, None, 0, space.dim)
+    last: dict[str, np.ndarray] = {}
+
+    def finite(r: np.ndarray) -> np.ndarray:
+        return np.where(np.isfinite(r), r, 1.0)  # a diverged sim: a large residual, so the step is refused
+
+    def residuals(u: np.ndarray) -> np.ndarray:
+        if deadline is not None and time.monotonic() >= deadline:
+            raise _StopPolish
+        r = finite(single.residuals(single.run(space.decode(u[None])))[0, 0])
+        divergence = float(np.sqrt(np.mean(r * r)))
+        best.evaluations += 1
+        if divergence < best.divergence:
+            best.u, best.divergence = u.copy(), divergence
+        last.update(u=u.copy(), r=r, divergence=np.array(divergence))
+        return r
+
+    def jacobian(u: np.ndarray) -> np.ndarray:
+        if best.generations >= iterations or (deadline is not None and time.monotonic() >= deadline):
+            raise _StopPolish
+        base = last["r"] if np.array_equal(last.get("u"), u) else residuals(u)
+        step = np.where(u + FD_STEP <= 1.0, FD_STEP, -FD_STEP)
+        points = np.repeat(u[None], space.dim, axis=0)
+        points[np.arange(space.dim), np.arange(space.dim)] += step
+        moved = finite(perturbed.residuals(perturbed.run(space.decode(points)))[:, 0])  # (dim, R)
+        best.generations += 1
+        best.evaluations += space.dim
+        history.append({"generation": first_generation + best.generations, "stage": "polish",
+                        "best": best.divergence, "population_best": float(last["divergence"]),
+                        "population_median": float(last["divergence"]), "latency": int(latency),
+                        "racing": [int(latency)], "elapsed_s": time.monotonic() - started})
+        if progress is not None:
+            progress.advance(note=f"polish: best divergence {best.divergence:.4g} rad, latency {latency}")
+        return ((moved - base) / step[:, None]).T
+
+    # Contacts make the residuals rough at small scales, where the trust region can collapse
+    # (scipy's xtol stop) far from the optimum: then a fresh start from the best point, while it helps.
+    while best.generations < iterations:
+        before = best.divergence
+        try:
+            least_squares(residuals, best.u, jac=jacobian, bounds=(0.0, 1.0), method="trf", x_scale="jac",
+                          xtol=1e-10, ftol=1e-10, gtol=1e-10, max_nfev=4 * iterations + 1)
+        except _StopPolish:
+            break
+        if not best.divergence < (1 - MIN_IMPROVEMENT) * before:
+            break
+    return best
+
+
 def fit(task: Task, episodes: Sequence[EpisodeData], control_dt: float, space: ParameterSpace,
         latencies: Sequence[int], *, generations: int = 150, population: int | None = None, sigma: float = 0.2,
-        first_fraction: float = 0.6, refine_sigma: float = 0.05, initial_design: int = 32, starts: int = 3,
-        seed: int = 0,
+        polish_iterations: int = 20, initial_design: int = 32, starts: int = 3, seed: int = 0,
         latency_race: int = 8, max_time_s: float | None = None, nthread: int = 0, progress=None,
         sources: Sequence[dict] | None = None) -> FitResult:
-    """CMA-ES over ``space`` (and ``latencies``), every generation one batched simulation.
+    """CMA-ES (every generation one batched simulation), then a least-squares polish.
 
-    Two stages when offsets and scales are both searched: first everything, with one damping and
-    one gain scale for all joints (``first_fraction`` of the generations: few parameters, robust from
-    a nominal start; the latency is raced here), then the scales alone (per joint if ``space`` has
-    them), from the first stage's values with step size ``refine_sigma``, the offsets and latency
-    held. The scales are the ill-conditioned part (the gain apart from the damping / gain ratio,
-    the friction loss: a few milliradians of sag and dead band), which a smaller search learns
-    faster. ``progress``: a :class:`toolkit.progress.CountProgress`-like object (``advance(note=...)``).
+    CMA-ES searches globally from the nominal model, with one damping and one gain scale for all
+    joints when a polish follows (few parameters: robust from a nominal start), and races the
+    latency. The polish (:func:`_polish`, ``polish_iterations`` Jacobians) then refines every
+    parameter of ``space`` (per-joint scales if it has them) from CMA-ES's best, at its latency.
+    With ``max_time_s``, CMA-ES stops at ``1 - POLISH_TIME_SHARE`` of it, so the polish runs.
+    ``progress``: a :class:`toolkit.progress.CountProgress`-like object (``advance(n, note=...)``)
+    counting ``generations + polish_iterations`` steps.
     """
     start = time.monotonic()
     latencies = tuple(latencies)
+    polish = polish_iterations > 0 and space.dim > 0
     deadline = None if max_time_s is None else start + max_time_s
+    search_deadline = None if max_time_s is None else start + max_time_s * (1 - POLISH_TIME_SHARE * polish)
     history: list[dict] = []
-    common = dict(population=population, seed=seed, latency_race=latency_race, deadline=deadline, nthread=nthread,
-                  progress=progress, history=history)
-    scales = [g for g in space.groups if g != "offsets"]
-    two_stages = "offsets" in space.groups and bool(scales) and generations >= 4 and first_fraction < 1
-    first_space = replace(space, shared=True) if two_stages else space
-    first_generations = max(1, round(generations * first_fraction)) if two_stages else generations
-    stages = [_cma_stage(task, episodes, control_dt, first_space, first_space.nominal(), sigma, first_generations,
-                         latencies, stage="all parameters" if two_stages else "fit", initial_design=initial_design,
-                         starts=starts, **common)]
-    finalists = [first_space.decode(stages[0].u[None])]
+    search = replace(space, shared=True) if polish else space
+    stages = [_cma_stage(task, episodes, control_dt, search, search.nominal(), sigma, generations, latencies,
+                         population=population, seed=seed, latency_race=latency_race, deadline=search_deadline,
+                         nthread=nthread, progress=progress, history=history, stage="CMA-ES",
+                         initial_design=initial_design, starts=starts)]
+    if progress is not None and stages[0].generations < generations:  # converged or out of time: no more to come
+        progress.advance(generations - stages[0].generations, note="CMA-ES done")
+    finalists = [search.decode(stages[0].u[None])]
     if stages[0].mean is not None:
-        finalists.append(first_space.decode(stages[0].mean[None]))
-    if two_stages and (deadline is None or time.monotonic() < deadline):
-        held = finalists[0]
-        refine = replace(space, groups=tuple(scales), fixed_offsets=tuple(held.offsets[0]))
-        second = _cma_stage(task, episodes, control_dt, refine, refine.encode(held), refine_sigma,
-                            generations - stages[0].generations, [stages[0].latency], stage="scales", **common)
-        stages.append(second)
-        finalists.append(refine.decode(second.u[None]))
-        if second.mean is not None:
-            finalists.append(refine.decode(second.mean[None]))
+        finalists.append(search.decode(stages[0].mean[None]))
+    if polish:
+        polished = _polish(task, episodes, control_dt, space, space.encode(finalists[0]), stages[0].latency,
+                           iterations=polish_iterations, deadline=deadline, nthread=nthread, progress=progress,
+                           history=history, first_generation=stages[0].generations)
+        stages.append(polished)
+        finalists.append(space.decode(polished.u[None]))
     # The final values: the stages' best candidates and CMA-ES means, each re-checked at every latency.
     check = OpenLoopSimulator(task, episodes, len(finalists), latencies, control_dt, nthread)
     candidates = CandidateParams(*(np.concatenate([getattr(f, name) for f in finalists]) for name in
@@ -849,7 +942,8 @@ def fit(task: Task, episodes: Sequence[EpisodeData], control_dt: float, space: P
         return {ep.source: float(np.sqrt(total / (ep.steps * errs.shape[-1])))
                 for ep, total in zip(episodes, sums.reshape(-1, len(episodes))[0], strict=True)}
 
-    done = sum(stage.generations for stage in stages)
+    searched = stages[0].generations
+    polished = stages[1].generations if polish else 0
     fit_record = {
         "logs": list(sources or _sources(episodes)),
         "episodes": [ep.source for ep in episodes],
@@ -863,14 +957,15 @@ def fit(task: Task, episodes: Sequence[EpisodeData], control_dt: float, space: P
         "offsets_applied_in_logs": applied.tolist(),
         "fitted": list(space.groups) + (["latency"] if len(latencies) > 1 else []),
         "at_bounds": at_bounds,
-        "optimiser": {"library": "cmaes", "algorithm": "CMA-ES", "version": _cmaes_version(),
-                      "generations": done, "generations_asked": generations,
-                      "stages": [{"name": st.name, "generations": st.generations, "population": st.population}
-                                 for st in stages],
-                      "sigma": sigma, "refine_sigma": refine_sigma, "first_fraction": first_fraction,
-                      "initial_design": initial_design, "latency_candidates": list(latencies),
+        "optimiser": {"library": "cmaes", "algorithm": "CMA-ES", "version": _version("cmaes"),
+                      "generations": searched, "generations_asked": generations,
+                      "population": stages[0].population, "shared_scales": search.shared,
+                      "sigma": sigma, "initial_design": initial_design, "latency_candidates": list(latencies),
                       "latency_race": latency_race, "search_space": space.describe(),
-                      "evaluations": sum(st.evaluations for st in stages)},
+                      "evaluations": stages[0].evaluations},
+        "polish": {"library": "scipy", "solver": "scipy.optimize.least_squares (trf, bounded)",
+                   "version": _version("scipy"), "iterations": polished, "iterations_asked": polish_iterations,
+                   "evaluations": stages[1].evaluations if polish else 0, "finite_difference_step": FD_STEP},
         "seed": seed,
         "toolkit_version": toolkit.__version__,
         "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
@@ -884,7 +979,8 @@ def fit(task: Task, episodes: Sequence[EpisodeData], control_dt: float, space: P
         object_friction_scale=float(params.object_friction[0, 0]), action_latency=int(chosen_latency), fit=fit_record)
     return FitResult(calibration, total_after < (1 - MIN_IMPROVEMENT) * total_before,
                      fit_record["divergence_before"], fit_record["divergence_after"],
-                     fit_record["divergence_by_latency"], at_bounds, history, elapsed, done, space.names(), channels)
+                     fit_record["divergence_by_latency"], at_bounds, history, elapsed, searched, polished,
+                     space.names(), channels)
 
 
 def _sources(episodes: Sequence[EpisodeData]) -> list[dict]:
@@ -894,11 +990,11 @@ def _sources(episodes: Sequence[EpisodeData]) -> list[dict]:
     return [{"file": name, "episodes": indices} for name, indices in files.items()]
 
 
-def _cmaes_version() -> str:
+def _version(package: str) -> str:
     from importlib.metadata import PackageNotFoundError, version
 
     try:
-        return version("cmaes")
+        return version(package)
     except PackageNotFoundError:
         return "unknown"
 
@@ -1128,7 +1224,8 @@ def report_lines(result: FitResult) -> list[str]:
     """The parameters, their bounds flags, and the divergence per reading before and after."""
     c = result.calibration
     flagged = set(result.at_bounds)
-    lines = [f"fitted in {result.elapsed_s:.1f} s, {result.generations} generations: {c.summary()}"]
+    lines = [f"fitted in {result.elapsed_s:.1f} s, {result.generations} CMA-ES generations and "
+             f"{result.polish_iterations} polish iterations: {c.summary()}"]
     lines.append(f"{'joint':8s} {'offset rad':>11s} {'damping x':>10s} {'gain x':>8s}")
     for i, name in enumerate(c.joint_names):
         marks = [label for label in (f"offset {name}", f"damping {name}", f"gain {name}") if label in flagged]
@@ -1185,7 +1282,8 @@ def write_plot(path: Path, task: Task, episodes: Sequence[EpisodeData], control_
     gens = [h["generation"] for h in result.history]
     progress_ax.semilogy(gens, [h["best"] for h in result.history], label="best so far")
     progress_ax.semilogy(gens, [h["population_median"] for h in result.history], label="population median", lw=0.8)
-    progress_ax.set(title="CMA-ES progress", xlabel="generation", ylabel="divergence (rad)")
+    progress_ax.set(title="fit progress: CMA-ES, then the polish", xlabel="generation, then polish iteration",
+                    ylabel="divergence (rad)")
     progress_ax.legend(fontsize=7)
     for ax in list(axes.flat)[len(panels) + 1:]:
         ax.axis("off")
@@ -1206,6 +1304,8 @@ def run(args: Args) -> int:
 
     if args.generations < 1:
         return fail(f"--generations must be >= 1, got {args.generations}")
+    if args.polish_iterations < 0:
+        return fail(f"--polish-iterations must be >= 0, got {args.polish_iterations}")
     if args.population is not None and args.population < 2:
         return fail(f"--population must be >= 2, got {args.population}")
     if not 0 < args.sigma <= 1:
@@ -1231,10 +1331,11 @@ def run(args: Args) -> int:
     print(f"deploy.calibrate: {task.robot.name}/{task.name}, {len(episodes)} episode(s), {steps} steps; fitting "
           f"{space.dim} parameter(s) ({', '.join(space.groups) or 'none'})"
           + (f" and the latency ({', '.join(map(str, latencies))} steps)" if len(latencies) > 1 else ""), flush=True)
-    with CountProgress("generations", args.generations) as progress:
+    with CountProgress("generations + polish iterations", args.generations + args.polish_iterations) as progress:
         result = fit(task, episodes, control_dt, space, latencies, generations=args.generations,
-                     population=args.population, sigma=args.sigma, seed=args.seed, latency_race=args.latency_race,
-                     max_time_s=args.max_time_s, nthread=args.threads, progress=progress)
+                     population=args.population, sigma=args.sigma, polish_iterations=args.polish_iterations,
+                     seed=args.seed, latency_race=args.latency_race, max_time_s=args.max_time_s,
+                     nthread=args.threads, progress=progress)
     for line in report_lines(result):
         print(line)
     if args.plot is not None:

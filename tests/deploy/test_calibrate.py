@@ -99,6 +99,25 @@ def test_a_fit_that_does_not_improve_writes_nothing_unless_forced(tmp_path, caps
     assert calibrate([*args, "--force"]) == 0 and out.exists()
 
 
+def test_the_polish_recovers_per_joint_scales_and_friction_loss_that_cma_es_alone_leaves_off(tmp_path):
+    task = make_task("dclaw-turn")
+    names = task.robot.joint_names
+    hidden = Calibration.nominal("dclaw", "dclaw-turn", names, joint_damping_scale=np.linspace(1.4, 2.6, 9),
+                                 friction_loss_scale=1.3)
+    log = hardware_log(tmp_path / "per_joint.h5", hidden, steps=40)
+    _, dt, episodes = load_episodes([log])
+    space = ParameterSpace.for_task(task, ["damping", "friction_loss"])
+    no_latency = latency_candidates(task, False, None)
+    searched = fit(task, episodes, dt, space, no_latency, generations=10, polish_iterations=0)
+    polished = fit(task, episodes, dt, space, no_latency, generations=10, polish_iterations=10)
+    assert polished.polish_iterations > 0 and searched.polish_iterations == 0
+    assert polished.divergence_after["total"] < searched.divergence_after["total"] / 10
+    assert polished.calibration.joint_damping_scale == pytest.approx(hidden.joint_damping_scale, rel=0.02)
+    assert polished.calibration.friction_loss_scale == pytest.approx(1.3, rel=0.05)
+    assert polished.calibration.fit["polish"]["iterations"] == polished.polish_iterations
+    assert [h["stage"] for h in polished.history][-1] == "polish"
+
+
 def test_values_at_a_bound_are_flagged(tmp_path):
     task = make_task("dclaw-turn")
     log = hardware_log(tmp_path / "stiff.h5", damped(20.0))  # far above the widened DR range
