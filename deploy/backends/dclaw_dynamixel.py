@@ -47,6 +47,10 @@ from robots.dclaw.spec import SERVO_IDS, SPEC, VALVE_SERVO_ID
 from toolkit.contract.robot import RobotSpec
 from toolkit.contract.task import Task
 
+#: Attempts of each ping and register read while opening the bus. Opening is not time-critical,
+#: while one reply lost there (a servo's power-up, a host that was busy past the SDK's ~35 ms
+#: timeout) would refuse the whole run; a servo that is really absent costs 3 timeouts (~0.1 s).
+OPEN_ATTEMPTS = 3
 #: What a lost or broken port raises inside pyserial/dynamixel_sdk (termios.error is no OSError).
 BUS_ERRORS = (serial.SerialException, OSError, termios.error)
 
@@ -143,14 +147,15 @@ class DClawBackend(Backend):
         if not port.setBaudRate(self.baud):
             raise HardwareFault(f"baud rate {self.baud} is not supported by dynamixel-sdk; the D'Claw uses 1000000")
         self._warn_latency_timer()
-        missing = [i for i in self.all_ids if self._ping(i) is None]
+        attempts = max(1 + self.retries, OPEN_ATTEMPTS)
+        missing = [i for i in self.all_ids if self._ping(i, attempts) is None]
         if missing:
             raise HardwareFault(f"servos {self._describe(missing)} do not answer on {self.port_name} at {self.baud} "
                                 "baud: check the 12 V supply, the daisy-chain cables and the servo IDs/baud rate")
         for servo_id in self.all_ids:
             self._check_hardware_error(servo_id)
         for servo_id in self.servo_ids:
-            mode = self._read(servo_id, dxl.ADDR_OPERATING_MODE, 1)
+            mode = self._read(servo_id, dxl.ADDR_OPERATING_MODE, 1, attempts)
             if mode not in (dxl.OPERATING_MODE_POSITION, dxl.OPERATING_MODE_EXTENDED_POSITION):
                 raise HardwareFault(f"servo {self._describe([servo_id])} is in operating mode {mode}, not position "
                                     "control (3): set register 11 with Dynamixel Wizard, torque off")
@@ -346,9 +351,9 @@ class DClawBackend(Backend):
             raise HardwareFault(f"sending goal positions failed on {port.getPortName()}: "
                                 f"{self.packets.getTxRxResult(result)}")
 
-    def _ping(self, servo_id: int) -> int | None:
+    def _ping(self, servo_id: int, attempts: int | None = None) -> int | None:
         port = self._require_port()
-        for _ in range(1 + self.retries):
+        for _ in range(attempts or 1 + self.retries):
             try:
                 model, result, _ = self.packets.ping(port, servo_id)
             except BUS_ERRORS as error:
@@ -357,9 +362,9 @@ class DClawBackend(Backend):
                 return model
         return None
 
-    def _read(self, servo_id: int, address: int, length: int) -> int:
+    def _read(self, servo_id: int, address: int, length: int, attempts: int | None = None) -> int:
         port = self._require_port()
-        for _ in range(1 + self.retries):
+        for _ in range(attempts or 1 + self.retries):
             try:
                 data, result, _ = self.packets.readTxRx(port, servo_id, address, length)
             except BUS_ERRORS as error:

@@ -1,5 +1,5 @@
 """The D'Claw backend's own safety checks, on the emulated bus through the real dynamixel_sdk:
-the operating-mode check at open, the reset timeout of a blocked finger, and retrying a single
+the operating-mode check and the repeated pings at open, the reset timeout of a blocked finger, and retrying a single
 lost status packet without calling it a fault (while losing the retry too is one)."""
 
 from __future__ import annotations
@@ -54,6 +54,24 @@ def test_reset_times_out_when_a_finger_is_blocked(make_policy, emulator, tmp_pat
     assert not log.exists()  # the log is created after the first reset: no episode ran
     others = [i for i in SERVO_IDS if i != 21]
     assert np.abs([emulator.position(i) - DEFAULT_POSE[SERVO_IDS.index(i)] for i in others]).max() < 0.08
+
+
+@pytest.mark.parametrize("lost", [2, 3])
+def test_opening_the_bus_tries_each_ping_three_times(lost, emulator):
+    """Two lost ping replies of one servo while opening (not time-critical) still open the bus;
+    a servo that answers none of the three pings is reported missing."""
+    emulator.drop_replies(21, lost)
+    backend = DClawBackend(make_task("dclaw-turn"), emulator.path, control_dt=0.05)
+    try:
+        if lost < 3:
+            backend.open()
+            assert backend._torque_on
+        else:
+            with pytest.raises(HardwareFault, match=r"servos 21 \(MFJ21\) do not answer"):
+                backend.open()
+    finally:
+        backend.close()
+    assert emulator.dropped_replies(21) == lost
 
 
 @pytest.mark.parametrize("lost", [1, 2])
