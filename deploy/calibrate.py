@@ -360,9 +360,8 @@ class ParameterSpace:
     """The search space: a vector ``u`` in [0, 1]^n per candidate, mapped to physical values.
 
     Offsets map linearly to +-``offset_bound``, scales log-linearly to their (low, high) bounds.
-    ``groups`` are the parameter groups searched (see :data:`GROUPS`); the others stay nominal,
-    except offsets, which ``fixed_offsets`` (J,) may set. ``shared`` searches one damping and one
-    gain scale for all joints.
+    ``groups`` are the parameter groups searched (see :data:`GROUPS`); the others stay nominal.
+    ``shared`` searches one damping and one gain scale for all joints.
     """
 
     joint_names: tuple[str, ...]
@@ -373,7 +372,6 @@ class ParameterSpace:
     friction_loss_bounds: tuple[float, float]
     object_friction_bounds: tuple[float, float]
     shared: bool = False
-    fixed_offsets: tuple[float, ...] | None = None
 
     @classmethod
     def for_task(cls, task: Task, groups: Sequence[str], offset_bound: float = 0.15, widening: float = 1.5,
@@ -440,8 +438,7 @@ class ParameterSpace:
         """Physical parameters of candidates ``u`` (n, dim)."""
         u = np.atleast_2d(np.asarray(u, dtype=np.float64))
         n, j = u.shape[0], len(self.joint_names)
-        offsets = np.zeros((n, j)) if self.fixed_offsets is None else np.tile(self.fixed_offsets, (n, 1))
-        values = {"offsets": offsets, "damping": np.ones((n, j)), "gain": np.ones((n, j)),
+        values = {"offsets": np.zeros((n, j)), "damping": np.ones((n, j)), "gain": np.ones((n, j)),
                   "friction_loss": np.ones((n, 1)), "object_friction": np.ones((n, 1))}
         start = 0
         for group, size, (low, high) in self._blocks():
@@ -829,7 +826,7 @@ def _polish(task: Task, episodes: Sequence[EpisodeData], control_dt: float, spac
     single = OpenLoopSimulator(task, episodes, 1, [latency], control_dt, nthread)
     perturbed = OpenLoopSimulator(task, episodes, space.dim, [latency], control_dt, nthread)
     best = _StageResult("polish", np.clip(start_u, 0.0, 1.0), latency, math.inf, None, 0, space.dim)
-    last: dict[str, np.ndarray] = {}
+    last: dict = {}  # the newest residual evaluation: u, r, divergence (the Jacobian's base point)
 
     def finite(r: np.ndarray) -> np.ndarray:
         return np.where(np.isfinite(r), r, 1.0)  # a diverged sim: a large residual, so the step is refused
@@ -842,7 +839,7 @@ def _polish(task: Task, episodes: Sequence[EpisodeData], control_dt: float, spac
         best.evaluations += 1
         if divergence < best.divergence:
             best.u, best.divergence = u.copy(), divergence
-        last.update(u=u.copy(), r=r, divergence=np.array(divergence))
+        last.update(u=u.copy(), r=r, divergence=divergence)
         return r
 
     def jacobian(u: np.ndarray) -> np.ndarray:
@@ -856,8 +853,8 @@ def _polish(task: Task, episodes: Sequence[EpisodeData], control_dt: float, spac
         best.generations += 1
         best.evaluations += space.dim
         history.append({"generation": first_generation + best.generations, "stage": "polish",
-                        "best": best.divergence, "population_best": float(last["divergence"]),
-                        "population_median": float(last["divergence"]), "latency": int(latency),
+                        "best": best.divergence, "population_best": last["divergence"],
+                        "population_median": last["divergence"], "latency": int(latency),
                         "racing": [int(latency)], "elapsed_s": time.monotonic() - started})
         if progress is not None:
             progress.advance(note=f"polish: best divergence {best.divergence:.4g} rad, latency {latency}")
@@ -914,6 +911,8 @@ def fit(task: Task, episodes: Sequence[EpisodeData], control_dt: float, space: P
                            history=history, first_generation=stages[0].generations)
         stages.append(polished)
         finalists.append(space.decode(polished.u[None]))
+        if progress is not None and polished.generations < polish_iterations:  # converged early or out of time
+            progress.advance(polish_iterations - polished.generations, note="polish done")
     # The final values: the stages' best candidates and CMA-ES means, each re-checked at every latency.
     check = OpenLoopSimulator(task, episodes, len(finalists), latencies, control_dt, nthread)
     candidates = CandidateParams(*(np.concatenate([getattr(f, name) for f in finalists]) for name in
