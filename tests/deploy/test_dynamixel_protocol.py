@@ -58,7 +58,7 @@ def test_angle_conversion_is_centred_and_clipped():
 
 def _transact(emu: DynamixelEmulator, fd: int, packet: bytes, expect: int, raw: bytearray | None = None) -> list:
     os.write(fd, packet)
-    parser, packets, deadline = dxl.PacketParser(), [], time.monotonic() + 1.0
+    parser, packets, deadline = dxl.PacketParser(), [], time.monotonic() + 10.0  # a hang guard: replies end it
     while len(packets) < expect and time.monotonic() < deadline:
         if select.select([fd], [], [], 0.05)[0]:
             data = os.read(fd, 4096)
@@ -85,7 +85,9 @@ def test_emulator_answers_reads_with_stuffed_status_and_models_the_motor():
             goal = dxl.build_packet(dxl.BROADCAST_ID, dxl.INST_SYNC_WRITE,
                                     bytes([116, 0, 4, 0, 1]) + (2048 + 512).to_bytes(4, "little"))
             os.write(fd, goal)
-            time.sleep(0.3)
+            deadline = time.monotonic() + 10.0  # the emulated servo moves there in about 0.2 s
+            while abs(emu.position(1) - np.pi / 4) > 0.01 and time.monotonic() < deadline:
+                time.sleep(0.02)
             assert emu.position(1) == pytest.approx(np.pi / 4, abs=0.01)
             eeprom = dxl.build_packet(1, dxl.INST_WRITE, bytes([11, 0, 4]))  # EEPROM, torque on
             assert _transact(emu, fd, eeprom, 1)[0][2] == bytes([dxl.ERR_ACCESS])

@@ -1,5 +1,5 @@
 """Exit statuses of ``python -m deploy.run`` that only a real process shows: termination signals
-sent to the whole process group (143, 129), the log writer dying mid-run (7) and usage errors (2).
+sent to the whole process group (130, 143, 129), the log writer dying mid-run (7) and usage errors (2).
 """
 
 from __future__ import annotations
@@ -25,12 +25,12 @@ def test_a_signal_to_the_process_group_closes_the_log_in_order(make_policy, tmp_
     """What a service manager, `timeout` or `kill -- -PGID` does: the signal reaches the control
     process and the log writer alike. The writer ignores it and the control process closes the
     log in order: the run exits 128 + signal, and the file opens with plain h5py (not flagged
-    open for writing), holding every step a live reader saw and the episode's outcome. SIGTERM
-    and SIGHUP, one run each, side by side."""
+    open for writing), holding every step a live reader saw and the episode's outcome. SIGINT
+    (Ctrl-C in a terminal), SIGTERM and SIGHUP, one run each, side by side."""
     policy = make_policy()
     runs = {}
     try:
-        for signum in (signal.SIGTERM, signal.SIGHUP):
+        for signum in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):
             log = tmp_path / f"{signal.Signals(signum).name}.h5"
             runs[signum] = (log, start_deploy_run("--policy", policy, "--log", log, "--episode-steps", 3000,
                                                   "--control-dt", 0.01, "--rt-priority", 0))
@@ -74,7 +74,9 @@ def test_a_log_writer_dying_mid_run_stops_the_run_with_status_7(make_policy, tmp
 
     killer = threading.Thread(target=kill_the_writer_once_logging, daemon=True)
     killer.start()
-    code = run(Args(policy=make_policy(), log=log, episode_steps=3000, control_dt=0.01, rt_priority=0))
+    # Real time at 100 Hz gives the killer 30 s; no overrun watchdog, which a loaded machine could trip first.
+    code = run(Args(policy=make_policy(), log=log, episode_steps=3000, control_dt=0.01, rt_priority=0,
+                    max_overruns=10**6))
     killer.join(5)
     assert killed, "the writer process was never found"
     assert code == ExitCode.LOG_FAILED

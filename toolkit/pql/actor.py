@@ -8,7 +8,7 @@ import torch
 from toolkit.config import PQLConfig
 from toolkit.envs.vec_env import VecEnv
 from toolkit.pql.nstep import NStepWindow
-from toolkit.pql.roles import Dims, Role, make_actor, make_normalizers
+from toolkit.pql.roles import Dims, Role, compute_devices, make_actor, make_normalizers
 from toolkit.pql.shared import Counter, SharedState, module_tensors
 
 
@@ -57,6 +57,10 @@ class ActorRole:
     def checked_state_dict(self) -> dict:
         """The state a checkpoint takes (the normalizers; nothing of the actor's can diverge)."""
         return self.state_dict()
+
+    def devices(self) -> dict[str, str]:
+        """Where this role computes (its policy's and the replay ring's device)."""
+        return compute_devices(self.policy, self.shared.replay)
 
     def _publish_normalizers(self) -> None:
         self.shared.obs_norm_board.publish(module_tensors(self.obs_norm))

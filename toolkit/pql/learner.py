@@ -17,7 +17,7 @@ import torch
 from torch import nn
 
 from toolkit.config import PQLConfig
-from toolkit.pql.roles import ROLES, Dims, NonFiniteLossError, NormalizerReader, Role
+from toolkit.pql.roles import ROLES, Dims, NonFiniteLossError, NormalizerReader, Role, compute_devices
 from toolkit.pql.shared import Counter, SharedState
 
 
@@ -116,6 +116,10 @@ class Learner:
                                      "last good checkpoint is kept). Lower the learning rate or the reward scale.")
         self.shared.losses[self.loss_slot] = self.last_loss
         return self.last_loss
+
+    def devices(self) -> dict[str, str]:
+        """Where this role computes (its trained network's and the replay ring's device)."""
+        return compute_devices(self.trained, self.shared.replay)
 
     def checked_state_dict(self) -> dict:
         """The state for a checkpoint, after making sure no non-finite update slipped in since the

@@ -192,9 +192,11 @@ class Placement(ABC):
     @abstractmethod
     def shutdown(self) -> None: ...
 
-    def write_roles(self, pids: dict[Role, int]) -> None:
-        """roles.json: where each role runs (its process id)."""
-        (self.ctx.run_dir / "roles.json").write_text(json.dumps({ROLES[r].name: pid for r, pid in pids.items()}))
+    def write_roles(self, where: dict[Role, dict]) -> None:
+        """roles.json: where each role runs, by role name: its process id ``pid`` and, once the role
+        has reported them from its own tensors, ``device`` and ``replay`` (:func:`compute_devices`)."""
+        (self.ctx.run_dir / "roles.json").write_text(json.dumps({ROLES[r].name: w for r, w in where.items()},
+                                                                indent=1))
 
 
 class SequentialPlacement(Placement):
@@ -205,7 +207,7 @@ class SequentialPlacement(Placement):
         self.loops = [RoleLoop(role, build_role(role, ctx.cfg, ctx.dims, ctx.shared, self.role_states[role],
                                                 ctx.make_task), ctx.shared, ctx.gate, ctx.v_start, ctx.p_start)
                       for role in Role]
-        self.write_roles({role: os.getpid() for role in Role})
+        self.write_roles({loop.role: {"pid": os.getpid(), **loop.worker.devices()} for loop in self.loops})
 
     def tick(self) -> None:
         for loop in self.loops:  # one round: each role works while its gate allows (the gates keep the ratios)
@@ -231,18 +233,34 @@ class ProcessPlacement(Placement):
 
     def start(self) -> None:
         mp_ctx = role_process_context(self.ctx.make_task)
-        self.state_queue, self.error_queue = mp_ctx.Queue(), mp_ctx.Queue()
+        self.state_queue, self.error_queue, self.device_queue = mp_ctx.Queue(), mp_ctx.Queue(), mp_ctx.Queue()
         ctx = self.ctx
         self.processes = {
             role: mp_ctx.Process(target=_role_process, name=ROLES[role].name, daemon=True,
                                  args=(role, ctx.cfg, ctx.dims, ctx.shared, self.role_states[role], ctx.v_start,
-                                       ctx.p_start, ctx.make_task, self.state_queue, self.error_queue))
+                                       ctx.p_start, ctx.make_task, self.state_queue, self.error_queue,
+                                       self.device_queue))
             for role in Role}
         for process in self.processes.values():
             process.start()
-        self.write_roles({role: p.pid for role, p in self.processes.items()})
+        self.where = {role: {"pid": p.pid} for role, p in self.processes.items()}
+        self.write_roles(self.where)
+
+    def _record_devices(self) -> None:
+        """Add to roles.json the devices the roles report once built (from inside their processes)."""
+        reported = False
+        while True:
+            try:
+                role, devices = self.device_queue.get_nowait()
+            except queue.Empty:
+                break
+            self.where[role].update(devices)
+            reported = True
+        if reported:
+            self.write_roles(self.where)
 
     def check_health(self) -> None:
+        self._record_devices()
         try:
             role, message, trace = self.error_queue.get_nowait()
         except queue.Empty:
@@ -308,12 +326,13 @@ def role_process_context(make_task: Callable[[], Task]):
 
 
 def _role_process(role: Role, cfg: TrainConfig, dims: Dims, shared: SharedState, state: dict | None, v_start: int,
-                  p_start: int, make_task, state_queue, error_queue) -> None:
+                  p_start: int, make_task, state_queue, error_queue, device_queue) -> None:
     """Entry point of a role process."""
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # the trainer handles Ctrl-C and stops us
     _die_with_parent()
     try:
         worker = build_role(role, cfg, dims, shared, state, make_task)
+        device_queue.put((role, worker.devices()))
         gate = RatioGate.for_config(cfg.pql)
         RoleLoop(role, worker, shared, gate, v_start, p_start).run(state_queue)
     except BaseException as error:  # report every failure to the trainer, then die non-zero

@@ -409,7 +409,7 @@ class RayPlacement(Placement):
                                 f"{ {ROLES[r].name: res for r, res in resources.items()} }; available: "
                                 f"{ray.available_resources()})") from error
         placed = dict(zip(self.workers, where, strict=True))
-        self.write_roles({role: w["pid"] for role, w in placed.items()})
+        self.write_roles(placed)
         for role, w in placed.items():
             gpus = f", GPU {w['gpus']}" if w["gpus"] else ""
             print(f"{ROLES[role].name}: Ray actor on {w['node']} (pid {w['pid']}{gpus})", flush=True)

@@ -136,6 +136,15 @@ class NormalizerReader:
         return self.critic_norm(x) if self.enabled else x
 
 
+def compute_devices(network: torch.nn.Module, replay) -> dict[str, str]:
+    """Where a role computes, read off its tensors (roles.json): ``device``, that of its network's
+    parameters, and ``replay``, that of the replay ring it writes or samples (when it holds one)."""
+    devices = {"device": str(next(network.parameters()).device)}
+    if isinstance(replay, SharedReplay):
+        devices["replay"] = str(replay.obs.device)
+    return devices
+
+
 def to_cpu(state):
     """``state`` (nested dicts/lists of tensors, e.g. a role's state_dict) with every tensor on
     the CPU: what crosses a process boundary or goes into a checkpoint, whatever the role's device."""

@@ -2,8 +2,7 @@
 replay ring, the V-learner and the checkpoint; the actor and the exported policy see only the
 actor observation."""
 
-import json
-
+from benchmarks.learning_margin import CHECKS, measure
 from robots import make_task
 from toolkit.checkpoint import load_checkpoint
 from toolkit.config import EnvConfig, LogConfig, PlacementConfig, PlacementKind, PQLConfig, StopConfig, TrainConfig
@@ -47,38 +46,16 @@ def test_asymmetric_observations_flow_through_the_trainer_and_export(tmp_path):
     assert load_policy(out).metadata.obs_layout == task.obs_layout
 
 
-def _window(records: list[dict], first: int, last: int) -> tuple[float, float]:
-    """Mean return and length of the training episodes that ended between env steps first and last
-    (records hold the means of the episodes since the previous record)."""
-    total_return = total_length = count = 0.0
-    previous = 0
-    for record in records:
-        finished = record["episodes"] - previous
-        previous = record["episodes"]
-        if finished and first < record["env_steps"] <= last:
-            total_return += finished * record["episode_return"]
-            total_length += finished * record["episode_length"]
-            count += finished
-    assert count >= 20, f"only {count} episodes ended between env steps {first} and {last}"
-    return total_return / count, total_length / count
+def test_sequential_training_reaches_near_goals_more_often(tmp_path):
+    """Learning, not just running, counted in env steps and updates (sequential placement): the same
+    result on a quiet or a busy machine. The check (benchmarks.learning_margin) reorients the cube to
+    goals 0.45-0.5 rad away with a 0.4 rad tolerance, a first curriculum stage, for 24k env steps.
 
-
-def test_sequential_training_keeps_the_cube_in_hand_longer(tmp_path):
-    """Learning, not just running, with the CPU defaults' replay ratio (a:v 1:2 at 16 samples per
-    transition) on 32 envs, counted in env steps: the same result on a quiet or a busy machine.
-
-    Measured on the 2-core machine (seed 0, ~70 s): after the random warm-up the training episodes
-    drop the cube after ~130 of 200 steps with a return of about -30 (first 20k env steps); by
-    30-40k env steps they last ~190 steps with a return of about +10."""
-    cfg = TrainConfig(env=EnvConfig(task=NAME, num_envs=32), placement=PlacementConfig(PlacementKind.sequential),
-                      pql=PQLConfig(batch_size=256), run_dir=str(tmp_path / "run"),
-                      stop=StopConfig(max_time_s=1e9, max_env_steps=40_000),
-                      log=LogConfig(log_interval_s=0.0, eval_interval_s=1e9, eval_envs=8, checkpoint_interval_s=1e9,
-                                    tensorboard=False))
-    result = train(cfg, task_factory(cfg.env))
-    assert result.stop_reason == "max_env_steps" and result.counters["v_updates"] > 2000
-    records = [json.loads(line) for line in (result.run_dir / "metrics.jsonl").read_text().splitlines()]
-    early_return, early_length = _window(records, 8_000, 20_000)
-    late_return, late_length = _window(records, 30_000, 40_000)
-    assert late_return > early_return + 20, (early_return, late_return)
-    assert late_length > early_length + 30, (early_length, late_length)
+    Measured on the 2-core machine (``python -m benchmarks.learning_margin --check
+    shadow_hand-reorient --seeds 0 1 2 3 4 5 6 7 8 9``): the greedy policy's return gains 141-518 and
+    its consecutive successes 0.68-1.78, against the 60 and 0.2 asserted."""
+    check = CHECKS[NAME]
+    outcome = measure(check, seed=0, run_dir=tmp_path / "run")
+    assert outcome["env_steps"] >= check.env_steps and outcome["v_updates"] > 5000
+    for metric, need in check.min_gain.items():
+        assert outcome["gain"][metric] > need, (metric, outcome["before"], outcome["late"])

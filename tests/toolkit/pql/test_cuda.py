@@ -4,6 +4,7 @@ Skipped where torch sees no CUDA device (CI has none); on a GPU machine:
 ``python -m pytest tests/toolkit/pql/test_cuda.py`` (benchmarks/gpu_suite.sh runs it).
 """
 
+import json
 import threading
 
 import pytest
@@ -31,9 +32,14 @@ def _tensors(tree):
             yield from _tensors(value)
 
 
-def _train_and_check(cfg):
+def _train_and_check(cfg, actor_device: str):
     result = run(cfg)
     assert result.stop_reason == "max_env_steps"
+    # Each role reported, from its own process, where its network's parameters and the replay ring were.
+    where = json.loads((result.run_dir / "roles.json").read_text())
+    for name in ("V-learner", "P-learner"):
+        assert where[name]["device"].startswith("cuda") and where[name]["replay"].startswith("cuda"), where
+    assert where["Actor"]["device"].startswith(actor_device) and where["Actor"]["replay"].startswith("cuda"), where
     checkpoint = load_checkpoint(result.run_dir)
     assert checkpoint["counters"]["v_updates"] > 0 and checkpoint["counters"]["p_updates"] > 0
     # Checkpoints hold CPU tensors whatever the roles' devices: they load on a machine without a GPU.
@@ -71,7 +77,7 @@ def test_one_process_run_keeps_learners_replay_and_boards_on_the_gpu(tiny_config
 @pytest.mark.parametrize("placement", [PlacementKind.sequential, PlacementKind.process])
 def test_cuda_learners_with_cpu_envs_write_an_exportable_checkpoint(tiny_config, placement):
     _train_and_check(tiny_config(placement=placement, learner_device="cuda", max_time_s=300.0,
-                                 max_env_steps=8 * 60))
+                                 max_env_steps=8 * 60), actor_device="cpu")
 
 
 @pytest.mark.parametrize("placement", [PlacementKind.sequential, PlacementKind.process])
@@ -80,7 +86,7 @@ def test_warp_envs_and_learners_on_cuda(tiny_config, placement):
     # The learners follow --device when --pql.learner-device is left out.
     cfg = tiny_config(placement=placement, sim="mujoco_warp", device="cuda", max_time_s=600.0, max_env_steps=8 * 60)
     assert cfg.learner_device() == "cuda"
-    _train_and_check(cfg)
+    _train_and_check(cfg, actor_device="cuda")
 
 
 def _child_reads_ring(replay, counters, out):

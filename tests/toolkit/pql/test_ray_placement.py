@@ -103,7 +103,7 @@ def test_a_dead_role_actor_stops_every_role_with_training_error(local_ray, tiny_
         while not (roles.exists() and (Path(cfg.run_dir) / "metrics.jsonl").exists()) and time.time() < deadline:
             time.sleep(0.1)
         time.sleep(1.0)  # training, not starting
-        pids.update(json.loads(roles.read_text()))
+        pids.update({name: where["pid"] for name, where in json.loads(roles.read_text()).items()})
         os.kill(pids["P-learner"], signal.SIGKILL)
 
     killer = threading.Thread(target=kill_the_p_learner, daemon=True)

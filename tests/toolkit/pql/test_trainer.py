@@ -12,12 +12,13 @@ from pathlib import Path
 import pytest
 import torch
 
+from benchmarks.learning_margin import CHECKS, measure
 from tests.toolkit.pql.conftest import run, trainer
 from toolkit.checkpoint import CheckpointError, list_checkpoints, load_checkpoint, save_checkpoint
 from toolkit.config import PlacementKind, PQLConfig
 from toolkit.pql.placement import build_role
 from toolkit.pql.roles import ROLES, NonFiniteLossError, Role, TrainingError
-from toolkit.pql.shared import Counter, module_tensors
+from toolkit.pql.shared import module_tensors
 from toolkit.pql.v_learner import VLearner
 from train.common import task_factory
 
@@ -107,7 +108,12 @@ def test_checkpoints_rotate_to_the_newest_three_and_a_failed_write_leaves_them_i
         save_checkpoint(tmp_path, {"counters": {"env_steps": steps}}, steps)
     assert [p.name for p in list_checkpoints(tmp_path)] == [f"ckpt_{s:012d}.pt" for s in (30, 40, 50)]
 
-    def disk_full(*args, **kwargs):
+    def disk_full(state, handle, *args, **kwargs):
+        # Mid-write the new checkpoint is not visible under its name, and half of it reaches the disk.
+        assert not (tmp_path / "checkpoints" / f"ckpt_{60:012d}.pt").exists()
+        assert [p.name for p in list_checkpoints(tmp_path)] == [f"ckpt_{s:012d}.pt" for s in (30, 40, 50)]
+        handle.write(b"half a checkpoint")
+        handle.flush()
         raise OSError(28, "No space left on device")
 
     monkeypatch.setattr(torch, "save", disk_full)
@@ -170,17 +176,46 @@ def test_process_mode_end_to_end_holds_the_ratios(tiny_config):
     assert last["critic_per_policy_update"] == pytest.approx(2, rel=0.1)
     checkpoint = load_checkpoint(result.run_dir)
     assert checkpoint["counters"]["v_updates"] == last["v_updates"]
-    assert set(json.loads((result.run_dir / "roles.json").read_text())) == {spec.name for spec in ROLES.values()}
+    # roles.json: each role's process, and the devices it reported from inside it (its network, the replay ring).
+    where = json.loads((result.run_dir / "roles.json").read_text())
+    assert set(where) == {spec.name for spec in ROLES.values()}
+    assert len({w["pid"] for w in where.values()}) == 3 and os.getpid() not in {w["pid"] for w in where.values()}
+    assert all(w["device"] == "cpu" and w["replay"] == "cpu" for w in where.values()), where
     _export_and_check(result.run_dir)
 
 
-def test_stop_at_success_ends_the_run_at_the_first_evaluation_that_reaches_it(tiny_config):
-    result = run(tiny_config(max_time_s=120.0, stop_at_success=0.0))
-    assert result.stop_reason == "stop_at_success"
+def _scripted_success(monkeypatch, successes: list[float]) -> list[float]:
+    """Make the trainer's evaluations report ``successes`` in turn (then the last one again); returns
+    the list of what they reported."""
+    import toolkit.pql.trainer as trainer_module
+
+    real, reported = trainer_module.evaluate, []
+
+    def scripted(*args, **kwargs):
+        out = real(*args, **kwargs)
+        reported.append(successes[min(len(reported), len(successes) - 1)])
+        return {**out, "eval_success": reported[-1]}
+
+    monkeypatch.setattr(trainer_module, "evaluate", scripted)
+    return reported
+
+
+def test_stop_at_success_ends_the_run_at_the_first_evaluation_that_reaches_it(tiny_config, monkeypatch):
+    reported = _scripted_success(monkeypatch, [0.1, 0.5, 0.9])
+    log = dataclasses.replace(tiny_config().log, eval_interval_s=0.0)  # every tick: counted, not timed
+    result = run(tiny_config(max_time_s=120.0, stop_at_success=0.8, log=log))
+    assert result.stop_reason == "stop_at_success" and result.eval_success == 0.9
+    assert reported == [0.1, 0.5, 0.9]  # on past the two below the threshold, no evaluation after the third
     records = _records(result.run_dir)
-    evaluated = [r for r in records if "eval_success" in r]
-    assert evaluated[0]["env_steps"] == records[-1]["env_steps"]  # the first evaluation stopped it
-    assert records[-1]["eval_success"] >= 0.0 and result.checkpoint is not None
+    assert records[-1]["eval_success"] == 0.9 and result.checkpoint is not None
+    assert load_checkpoint(result.checkpoint)["counters"]["env_steps"] == records[-1]["env_steps"]
+
+
+def test_a_success_below_stop_at_success_never_stops_the_run(tiny_config, monkeypatch):
+    reported = _scripted_success(monkeypatch, [0.9])
+    log = dataclasses.replace(tiny_config().log, eval_interval_s=0.0)  # every tick: counted, not timed
+    result = run(tiny_config(max_time_s=120.0, max_env_steps=8 * 50, stop_at_success=0.95, log=log))
+    assert result.stop_reason == "max_env_steps" and len(reported) >= 2
 
 
 def _export_and_check(run_dir: Path) -> None:
@@ -196,15 +231,15 @@ def _export_and_check(run_dir: Path) -> None:
     assert policy.metadata.training_step == load_checkpoint(run_dir)["counters"]["env_steps"]
 
 
-def _start_cli(run_dir: Path) -> subprocess.Popen:
+def _start_cli(run_dir: Path, checkpoint_interval_s: float = 1000.0) -> subprocess.Popen:
     command = [sys.executable, "-m", "train.dclaw", "--task", "dclaw-pose", "--num-envs", "4", "--max-time-s", "300",
                "--run-dir", str(run_dir), "--pql.actor-hidden", "16", "--pql.critic-hidden", "16",
                "--pql.batch-size", "32", "--pql.replay-size", "5000", "--log.no-tensorboard",
-               "--log.checkpoint-interval-s", "1000", "--log.log-interval-s", "1"]
+               "--log.checkpoint-interval-s", str(checkpoint_interval_s), "--log.log-interval-s", "1"]
     return subprocess.Popen(command, cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
 
 
-def _wait_for_learning(process: subprocess.Popen, run_dir: Path) -> dict:
+def _wait_for_learning(process: subprocess.Popen, run_dir: Path) -> dict[str, int]:
     """Role PIDs, once the roles run and the learners have updated (a metrics record says so)."""
     deadline = time.time() + 180
     while True:
@@ -213,15 +248,19 @@ def _wait_for_learning(process: subprocess.Popen, run_dir: Path) -> dict:
         metrics = run_dir / "metrics.jsonl"
         if (run_dir / "roles.json").exists() and metrics.exists() and \
                 any(json.loads(line)["v_updates"] > 0 for line in metrics.read_text().splitlines()):
-            return json.loads((run_dir / "roles.json").read_text())
+            return {name: where["pid"] for name, where in json.loads((run_dir / "roles.json").read_text()).items()}
         time.sleep(0.2)
 
 
-def test_a_killed_role_makes_the_trainer_exit_non_zero(tmp_path):
+def test_a_killed_role_makes_the_trainer_exit_non_zero_and_keeps_the_checkpoints_before(tmp_path):
     run_dir = tmp_path / "run"
-    process = _start_cli(run_dir)
+    process = _start_cli(run_dir, checkpoint_interval_s=0.5)
     try:
         pids = _wait_for_learning(process, run_dir)
+        deadline = time.time() + 120
+        while not list_checkpoints(run_dir):  # a periodic checkpoint of the running roles
+            assert process.poll() is None and time.time() < deadline, "no periodic checkpoint was written"
+            time.sleep(0.1)
         os.kill(pids["V-learner"], signal.SIGKILL)
         output, _ = process.communicate(timeout=60)
     finally:
@@ -229,6 +268,11 @@ def test_a_killed_role_makes_the_trainer_exit_non_zero(tmp_path):
             process.kill()
     assert process.returncode == 1, output
     assert "V-learner process died (signal 9)" in output
+    # The crash writes nothing more; the checkpoints from before it load, with finite learned weights.
+    checkpoint = load_checkpoint(run_dir)
+    assert checkpoint["counters"]["v_updates"] > 0
+    for key in ("actor", "critic"):
+        assert all(bool(torch.isfinite(v).all()) for v in checkpoint[key]["state_dict"].values()), key
     for pid in pids.values():  # no orphaned role keeps running
         with pytest.raises(ProcessLookupError):
             for _ in range(50):
@@ -258,24 +302,18 @@ def test_ctrl_c_checkpoints_stops_every_role_and_exits_130(tmp_path):
                 time.sleep(0.1)
 
 
-def test_sequential_training_improves_the_evaluation_return(tiny_config):
-    """Learning, not just running: the greedy policy's return on dclaw-pose rises, on two seeds
-    (counted env steps and updates, one process: the same result on a quiet or a busy machine)."""
-    for seed in (0, 1):
-        cfg = tiny_config(num_envs=16, max_time_s=600.0, max_env_steps=12_000, seed=seed,
-                          run_dir=str(Path(tiny_config().run_dir).parent / f"seed{seed}"),
-                          pql=PQLConfig(actor_hidden=(64, 64), critic_hidden=(64, 64), batch_size=256,
-                                        replay_size=50_000, warmup_steps=8, critic_updates_per_actor_step=4),
-                          log=dataclasses.replace(tiny_config().log, eval_envs=16, eval_interval_s=1e9,
-                                                  checkpoint_interval_s=1e9, log_interval_s=1e9))
-        session = trainer(cfg)
-        before = session.run_evaluation()
-        result = session.run()
-        after = session.last_eval
-        assert result.stop_reason == "max_env_steps"
-        assert int(session.shared.counters[Counter.V_UPDATES]) > 2000
-        # Untrained: about -23 per episode (the pose error stays); learning closes part of it.
-        assert after["eval_return"] > before["eval_return"] + 5, (seed, before, after)
+@pytest.mark.parametrize("seed", [0, 1])
+def test_sequential_training_improves_the_evaluation_return(tmp_path, seed):
+    """Learning, not just running: the greedy policy's return on dclaw-pose rises (counted env steps
+    and updates in one process: the same result on a quiet or a busy machine).
+
+    Measured on the 2-core machine (``python -m benchmarks.learning_margin --check dclaw-pose``, seeds
+    0-9): from about -25 untrained (the joints drift off) the return gains 9.4-18.8, against the
+    5 asserted."""
+    check = CHECKS["dclaw-pose"]
+    outcome = measure(check, seed=seed, run_dir=tmp_path / "run")
+    assert outcome["env_steps"] >= check.env_steps and outcome["v_updates"] > 3000
+    assert outcome["gain"]["eval_return"] > check.min_gain["eval_return"], (outcome["before"], outcome["late"])
 
 
 def test_the_trainer_is_handed_its_task(tiny_config):
