@@ -293,6 +293,12 @@ class ProcessPlacement(Placement):
                     role, state = self.state_queue.get(timeout=0.1)
                 except queue.Empty:
                     continue
+                except (EOFError, OSError) as error:
+                    # A state's tensors arrive as file descriptors fetched from the sending role: a role
+                    # killed meanwhile breaks the transfer. Name the role that died.
+                    self.raise_role_failure()
+                    raise TrainingError(f"a role's state for the checkpoint could not be received: "
+                                        f"{type(error).__name__}: {error}") from error
                 states[role] = state
             snapshot = Snapshot(states, read_counters(counters))  # every role is paused: these match the states
         finally:

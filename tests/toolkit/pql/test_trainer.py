@@ -19,6 +19,7 @@ from toolkit.config import PlacementKind, PQLConfig
 from toolkit.pql.placement import build_role
 from toolkit.pql.roles import ROLES, NonFiniteLossError, Role, TrainingError
 from toolkit.pql.shared import module_tensors
+from toolkit.pql.trainer import make_placement
 from toolkit.pql.v_learner import VLearner
 from train.common import task_factory
 
@@ -278,6 +279,28 @@ def test_a_killed_role_makes_the_trainer_exit_non_zero_and_keeps_the_checkpoints
             for _ in range(50):
                 os.kill(pid, 0)
                 time.sleep(0.1)
+
+
+def test_a_role_killed_while_its_state_is_in_transit_is_named(tiny_config):
+    """A role's checkpoint state crosses as file descriptors fetched from the role itself: a role
+    killed between sending and the trainer's reading breaks the transfer (EOFError or
+    ConnectionResetError, seen under load). The trainer names the dead role, as for any death."""
+    session = trainer(tiny_config(placement=PlacementKind.process))
+    placement = make_placement(session.context(), session.role_states)
+    placement.start()
+    v_learner = placement.processes[Role.V_LEARNER]
+
+    class KilledInTransit:
+        def get(self, timeout):
+            os.kill(v_learner.pid, signal.SIGKILL)
+            raise EOFError
+
+    try:
+        placement.state_queue = KilledInTransit()
+        with pytest.raises(TrainingError, match=r"V-learner process died \(signal 9\)"):
+            placement.gather_states(False)
+    finally:
+        placement.shutdown()
 
 
 def test_ctrl_c_checkpoints_stops_every_role_and_exits_130(tmp_path):
