@@ -259,8 +259,8 @@ def test_a_killed_role_makes_the_trainer_exit_non_zero_and_keeps_the_checkpoints
     try:
         pids = _wait_for_learning(process, run_dir)
         deadline = time.time() + 120
-        while not list_checkpoints(run_dir):  # a periodic checkpoint of the running roles
-            assert process.poll() is None and time.time() < deadline, "no periodic checkpoint was written"
+        while not (list_checkpoints(run_dir) and load_checkpoint(run_dir)["counters"]["v_updates"] > 0):
+            assert process.poll() is None and time.time() < deadline, "no periodic checkpoint of a learner update"
             time.sleep(0.1)
         os.kill(pids["V-learner"], signal.SIGKILL)
         output, _ = process.communicate(timeout=60)
