@@ -195,8 +195,10 @@ class Placement(ABC):
     def write_roles(self, where: dict[Role, dict]) -> None:
         """roles.json: where each role runs, by role name: its process id ``pid`` and, once the role
         has reported them from its own tensors, ``device`` and ``replay`` (:func:`compute_devices`)."""
-        (self.ctx.run_dir / "roles.json").write_text(json.dumps({ROLES[r].name: w for r, w in where.items()},
-                                                                indent=1))
+        path = self.ctx.run_dir / "roles.json"
+        temporary = path.with_name(".roles.json.tmp")  # rewritten as roles report: readers never see half a file
+        temporary.write_text(json.dumps({ROLES[r].name: w for r, w in where.items()}, indent=1))
+        os.replace(temporary, path)
 
 
 class SequentialPlacement(Placement):
