@@ -121,6 +121,7 @@ def measure(check: LearningCheck, seed: int, run_dir: str | Path) -> dict:
             late.append(session.run_evaluation())
     finally:
         placement.shutdown()
+        session.logger.close()  # Trainer.run() would close it; this drives the placement itself
     after = {metric: sum(e[metric] for e in late) / len(late) for metric in late[0]}
     gain = {metric: after[metric] - before[metric] for metric in check.min_gain}
     counters = session.counters()

@@ -136,13 +136,10 @@ class NormalizerReader:
         return self.critic_norm(x) if self.enabled else x
 
 
-def compute_devices(network: torch.nn.Module, replay) -> dict[str, str]:
+def compute_devices(network: torch.nn.Module, replay: SharedReplay) -> dict[str, str]:
     """Where a role computes, read off its tensors (roles.json): ``device``, that of its network's
-    parameters, and ``replay``, that of the replay ring it writes or samples (when it holds one)."""
-    devices = {"device": str(next(network.parameters()).device)}
-    if isinstance(replay, SharedReplay):
-        devices["replay"] = str(replay.obs.device)
-    return devices
+    parameters, and ``replay``, that of the replay ring it writes or samples."""
+    return {"device": str(next(network.parameters()).device), "replay": str(replay.obs.device)}
 
 
 def to_cpu(state):
